@@ -1,0 +1,123 @@
+/**
+ * The image worker: a BullMQ Worker on the image queue running `processImageJob`, plus graceful shutdown.
+ *
+ * Shutdown (SIGTERM/SIGINT in workers/image-worker.ts): stop fetching, let in-flight generations finish
+ * within SHUTDOWN_GRACE (default 390 s, longer than the 360 s upstream timeout), then abort what is
+ * still running and hand those jobs back to the queue for another worker, without consuming an attempt.
+ */
+import { getHeapStatistics } from 'node:v8';
+import { Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Config } from '../config/env.js';
+import type { JobResult } from '../jobs/record.js';
+import { createLogger, type Logger } from '../logging/logger.js';
+import { GeminiClient } from '../providers/gemini/client.js';
+import type { ImageGenerator } from '../providers/gemini/types.js';
+import { createRedis } from '../queue/connection.js';
+import { IMAGE_QUEUE, BACKOFF_TYPE } from '../queue/image-queue.js';
+import type { RoutingPolicy } from '../routing/router.js';
+import { ModelStateStore } from '../state/model-state.js';
+import { createS3Store, type ObjectStore } from '../storage/object-store.js';
+import { clipToDeadline, fullJitterDelay } from './backoff.js';
+import { createImageJobProcessor } from './process-image-job.js';
+
+/** Memory held per in-flight generation while its answer is handled (~5x a 4K image; see the anchors, A4). */
+const BYTES_PER_INFLIGHT_JOB = 32 * 1024 * 1024;
+
+/** Default concurrency from memory: half the V8 heap limit divided by the cost of one in-flight 4K answer. */
+export function defaultConcurrency(heapLimitBytes = getHeapStatistics().heap_size_limit): number {
+  return Math.max(4, Math.min(200, Math.floor((heapLimitBytes * 0.5) / BYTES_PER_INFLIGHT_JOB)));
+}
+
+export interface ImageWorkerDeps {
+  generator: ImageGenerator;
+  store: ObjectStore;
+  logger: Logger;
+  /** Connection for the Worker (blocking commands); created from config when absent. */
+  connection: Redis;
+  now: () => number;
+  random: () => number;
+  policy: RoutingPolicy;
+}
+
+export interface RunningImageWorker {
+  readonly worker: Worker;
+  readonly concurrency: number;
+  /** Stop fetching, wait up to `graceMs` (SHUTDOWN_GRACE) for in-flight jobs, then release the rest. */
+  close(graceMs?: number): Promise<void>;
+}
+
+export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> = {}): RunningImageWorker {
+  const concurrency = config.WORKER_CONCURRENCY ?? defaultConcurrency();
+  const logger = deps.logger ?? createLogger({ level: config.LOG_LEVEL, name: 'pixelmill-worker' });
+  const connection = deps.connection ?? createRedis(config, 'worker');
+  const stateConnection = createRedis(config, 'worker');
+  const store = deps.store ?? createS3Store(config, { maxSockets: concurrency });
+  const generator =
+    deps.generator ??
+    new GeminiClient({
+      baseUrl: config.GEMINI_BASE_URL, apiKey: config.GEMINI_API_KEY ?? '', timeoutMs: config.UPSTREAM_TIMEOUT_MS,
+      connections: concurrency, logger,
+    });
+  const now = deps.now ?? Date.now;
+  const random = deps.random ?? Math.random;
+  const shutdown = new AbortController();
+
+  const processor = createImageJobProcessor({
+    config, generator, store, logger, now, random, policy: deps.policy,
+    modelState: new ModelStateStore(stateConnection, config, now),
+    shutdownSignal: shutdown.signal,
+  });
+
+  const worker = new Worker<unknown, JobResult>(IMAGE_QUEUE, processor, {
+    connection,
+    prefix: config.QUEUE_PREFIX,
+    concurrency,
+    lockDuration: config.WORKER_LOCK_DURATION_MS,
+    stalledInterval: config.WORKER_STALLED_INTERVAL_MS,
+    // A job may stall once per deploy or crash without failing; more is a poison job.
+    maxStalledCount: 2,
+    settings: {
+      backoffStrategy: (attemptsMade: number, type?: string, _err?: Error, job?: { data: unknown }) => {
+        if (type !== BACKOFF_TYPE) return 0;
+        const deadlineIso = (job?.data as { request?: { deadline?: string } } | undefined)?.request?.deadline;
+        const delay = fullJitterDelay(attemptsMade, { baseMs: config.BACKOFF_BASE_MS, capMs: config.BACKOFF_CAP_MS }, random);
+        return clipToDeadline(delay, now(), deadlineIso ? Date.parse(deadlineIso) : undefined);
+      },
+    },
+  });
+  worker.on('error', (err) => logger.error({ err: err.message }, 'worker error'));
+  worker.on('failed', (job: Job | undefined, err: Error) => {
+    if (job && job.attemptsMade < (job.opts.attempts ?? 1) && !err.name.includes('Unrecoverable')) {
+      logger.info({ jobId: job.id, attempt: job.attemptsMade, err: err.message }, 'attempt failed; retrying after backoff');
+    }
+  });
+
+  logger.info({ concurrency, queue: `${config.QUEUE_PREFIX}:${IMAGE_QUEUE}` }, 'image worker started');
+
+  let closing: Promise<void> | undefined;
+  return {
+    worker,
+    concurrency,
+    close(graceMs = config.SHUTDOWN_GRACE) {
+      closing ??= (async () => {
+        logger.info({ graceMs }, 'shutting down: no new jobs; waiting for in-flight generations');
+        const timer = setTimeout(() => {
+          logger.warn('shutdown grace over: releasing in-flight jobs to other workers');
+          shutdown.abort(new Error('worker shutdown'));
+        }, graceMs);
+        try {
+          await worker.close();
+        } finally {
+          clearTimeout(timer);
+          await generator.close();
+          if (!deps.store) store.destroy();
+          await stateConnection.quit().catch(() => {});
+          if (!deps.connection) await connection.quit().catch(() => {});
+          logger.info('image worker stopped');
+        }
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,277 @@
+/**
+ * A job's life in the worker: validate → route → generate → store, with every outcome classified by
+ * the error catalogue and turned into one of four moves:
+ *
+ *   try again now    another candidate within the same attempt (429 with a fallback, a retired id,
+ *                    a content block on Nano Banana 2 for a standard job, the one NO_IMAGE retry)
+ *   requeue          every candidate is cooling down: moveToDelayed until the shortest cooldown ends,
+ *                    without consuming an attempt (DelayedError)
+ *   retry            timeouts, 5xx, unreadable bodies, storage: throw, and BullMQ retries after the
+ *                    full-jitter backoff while attempts remain (the router then prefers the other model)
+ *   fail             everything final: UnrecoverableError, the code kept on the job's progress
+ *
+ * Redis only ever sees small facts: the progress record and the result hold keys, counts and text.
+ */
+import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
+import type { Config } from '../config/env.js';
+import { PixelmillError, toPixelmillError, type ErrorCode } from '../errors/catalogue.js';
+import {
+  readProgress, storedJobDataSchema, type HistoryEntry, type JobProgress, type JobResult, type StoredJobData, type Usage,
+} from '../jobs/record.js';
+import type { Logger } from '../logging/logger.js';
+import { CAPABILITIES, FAMILY_LABEL, pixelSize, supports, type ModelFamily } from '../models/catalogue.js';
+import { costFromUsage } from '../models/pricing.js';
+import type { GeneratedImage, ImageGenerator } from '../providers/gemini/types.js';
+import { route, type Candidate, type RoutingPolicy } from '../routing/router.js';
+import { nextMidnight, type ModelStateStore } from '../state/model-state.js';
+import { outputKey, type ObjectStore } from '../storage/object-store.js';
+import { cooldownJitter } from './backoff.js';
+
+/** Upper bound on upstream calls within one attempt (fallbacks, retired ids, the NO_IMAGE retry). */
+const MAX_CALLS_PER_ATTEMPT = 6;
+
+export interface ImageJobDeps {
+  config: Config;
+  generator: ImageGenerator;
+  store: ObjectStore;
+  modelState: ModelStateStore;
+  logger: Logger;
+  now?: () => number;
+  random?: () => number;
+  policy?: RoutingPolicy;
+  /** Aborted when the worker's shutdown grace runs out: in-flight jobs are released, not failed. */
+  shutdownSignal?: AbortSignal;
+}
+
+/** Thrown inside the processor to end the job for good; the code is already on the job's progress. */
+class TerminalFailure extends UnrecoverableError {}
+
+export function createImageJobProcessor(deps: ImageJobDeps) {
+  const { config, generator, store, modelState } = deps;
+  const now = deps.now ?? Date.now;
+  const random = deps.random ?? Math.random;
+  const models: Record<ModelFamily, readonly string[]> = { fast: config.MODEL_FAST, pro: config.MODEL_PRO };
+  const allModelIds = [...config.MODEL_FAST, ...config.MODEL_PRO];
+  const familyOf = (id: string): ModelFamily => (config.MODEL_PRO.includes(id) ? 'pro' : 'fast');
+
+  return async function processImageJob(job: Job, token?: string, signal?: AbortSignal): Promise<JobResult> {
+    const attempt = job.attemptsMade + 1;
+    let log = deps.logger.child({ jobId: job.id, attempt });
+    const progress = readProgress(job.progress);
+    progress.startedAt ??= new Date(now()).toISOString();
+
+    const save = () => job.updateProgress(progress);
+    const fail = async (err: PixelmillError): Promise<never> => {
+      progress.error = err.toJSON();
+      await save();
+      log.warn({ code: err.code, err: err.message }, 'job failed');
+      throw new TerminalFailure(`${err.code}: ${err.userMessage}`);
+    };
+
+    // 1. Validate where it is read: job.data is unknown until parsed.
+    const parsed = storedJobDataSchema.safeParse(job.data);
+    if (!parsed.success) {
+      return fail(new PixelmillError('INVALID_REQUEST', `job data is not a pixelmill job (${parsed.error.issues[0]?.path.join('.')}: ${parsed.error.issues[0]?.message})`));
+    }
+    const data: StoredJobData = parsed.data;
+    const req = data.request;
+    const deadline = req.deadline ? Date.parse(req.deadline) : undefined;
+    const want = pixelSize(req.size, req.aspectRatio);
+
+    const combined = AbortSignal.any([signal, deps.shutdownSignal].filter((s): s is AbortSignal => s !== undefined));
+    const inputs = await loadInputImages(store, data).catch(async (err: unknown) => {
+      const e = toPixelmillError(err);
+      progress.error = e.toJSON();
+      await save();
+      throw e;
+    });
+
+    for (let call = 0; call < MAX_CALLS_PER_ATTEMPT; call++) {
+      if (deadline !== undefined && now() >= deadline) {
+        return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} passed after ${progress.history.length} call(s)`));
+      }
+
+      // 2. Route on the fleet's shared view of the models.
+      const state = await modelState.snapshot(allModelIds);
+      const decision = route(
+        { tier: req.tier, size: req.size, aspectRatio: req.aspectRatio, allowDowngrade: req.allowDowngrade, history: progress.history, attempt },
+        { now: now(), state, models, peakWindows: config.PEAK_WINDOWS, timeZone: config.PEAK_TIMEZONE, policy: deps.policy },
+      );
+
+      if (decision.kind === 'none') {
+        const blockedBefore = progress.history.some((h) => h.outcome === 'CONTENT_BLOCKED');
+        return fail(new PixelmillError(blockedBefore ? 'CONTENT_BLOCKED' : 'NO_MODEL_AVAILABLE', decision.reason));
+      }
+
+      if (decision.kind === 'wait') {
+        if (deadline !== undefined && decision.untilMs >= deadline) {
+          return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} comes before the models are free again (${decision.reason})`));
+        }
+        if (progress.rateLimitRequeues >= config.RATE_LIMIT_MAX_REQUEUES) {
+          return fail(new PixelmillError('RATE_LIMITED', `still rate limited after ${progress.rateLimitRequeues} requeues (RATE_LIMIT_MAX_REQUEUES)`));
+        }
+        progress.rateLimitRequeues += 1;
+        progress.history.push(entry(attempt, null, null, 'requeued', 0, now(), decision.reason));
+        await save();
+        log.info({ untilMs: decision.untilMs, reason: decision.reason }, 'requeued until a model is free');
+        // Not an attempt: the upstream told us when to come back.
+        await job.moveToDelayed(decision.untilMs, token);
+        throw new DelayedError();
+      }
+
+      const candidate: Candidate = decision.candidates[0]!;
+      log = log.child({ model: candidate.modelId });
+      progress.route = { family: candidate.family, model: candidate.modelId, reason: candidate.reason };
+      await save();
+
+      // 3. Generate. The call's budget is the upstream timeout, or less when the deadline is nearer.
+      const budget = Math.max(1, Math.min(config.UPSTREAM_TIMEOUT_MS, deadline !== undefined ? deadline - now() : Infinity));
+      const started = now();
+      let image: GeneratedImage;
+      try {
+        image = await generator.generate({
+          modelId: candidate.modelId, prompt: req.prompt, size: req.size, aspectRatio: req.aspectRatio,
+          inputImages: inputs, timeoutMs: budget, signal: combined,
+        });
+      } catch (err) {
+        if (combined.aborted) return released(job, token, progress, log, deps.shutdownSignal?.aborted ? 'shutdown' : 'canceled', err);
+        const e = toPixelmillError(err);
+        const latencyMs = now() - started;
+        const usage = e.details['usage'] as Usage | undefined;
+        const cost = usage ? costFromUsage(candidate.family, usage) : 0;
+        progress.costUsd = round6(progress.costUsd + cost);
+        progress.history.push(entry(attempt, candidate.modelId, candidate.family, e.code, latencyMs, now(), candidate.reason, cost));
+        progress.error = e.toJSON();
+        log.info({ code: e.code, latencyMs, err: e.message }, 'upstream call failed');
+
+        const next = await decideAfterFailure(e, candidate, req, progress);
+        if (next === 'again') continue;
+        if (next === 'retry') {
+          await save();
+          throw e; // BullMQ retries after the backoff (consumes an attempt) or fails when none are left
+        }
+        return fail(e);
+      }
+
+      // 4. Store. A deterministic key: a retry overwrites, never duplicates.
+      const key = outputKey(config, String(job.id), image.mimeType);
+      const latencyMs = image.latencyMs;
+      const cost = costFromUsage(candidate.family, image.usage);
+      progress.costUsd = round6(progress.costUsd + cost);
+      const put = await store
+        .put(key, image.bytes, image.mimeType, {
+          'job-id': String(job.id), model: candidate.modelId, 'model-version': image.modelVersion ?? '', 'prompt-sha256': data.promptSha256,
+        })
+        .catch(async (err: unknown) => {
+          const e = toPixelmillError(err);
+          progress.history.push(entry(attempt, candidate.modelId, candidate.family, e.code, latencyMs, now(), candidate.reason, cost));
+          progress.error = e.toJSON();
+          await save();
+          throw e;
+        });
+      progress.history.push(entry(attempt, candidate.modelId, candidate.family, 'succeeded', latencyMs, now(), candidate.reason, cost));
+      delete progress.error;
+      await save();
+
+      const degraded = describeDegradation(image, candidate.family, want);
+      log.info({ key, bytes: put.bytes, latencyMs, costUsd: cost, degraded }, 'image stored');
+      return {
+        v: 1, key, bytes: put.bytes, sha256: put.sha256, width: image.width, height: image.height, mimeType: image.mimeType,
+        family: candidate.family, model: candidate.modelId, modelVersion: image.modelVersion, responseId: image.responseId,
+        finishReason: image.finishReason, routingReason: candidate.reason, usage: image.usage, costUsd: cost,
+        totalCostUsd: progress.costUsd, attempts: attempt, upstreamLatencyMs: latencyMs,
+        ...(degraded ? { degraded } : {}),
+      };
+    }
+    throw new PixelmillError('INTERNAL', `more than ${MAX_CALLS_PER_ATTEMPT} upstream calls in one attempt`);
+  };
+
+  /** What to do after a failed call: try another candidate now, retry later, or give up. */
+  async function decideAfterFailure(
+    e: PixelmillError, candidate: Candidate, req: StoredJobData['request'], progress: JobProgress,
+  ): Promise<'again' | 'retry' | 'fail'> {
+    switch (e.code as ErrorCode) {
+      case 'RATE_LIMITED': {
+        // The whole fleet backs off this model; the router then falls back or requeues the job.
+        const scope = e.details['quotaScope'];
+        const untilMs =
+          scope === 'day'
+            ? nextMidnight(now())
+            : now() + rateLimitDelay(e.retryAfterMs, progress, candidate.modelId) + cooldownJitter(e.retryAfterMs ?? 0, random);
+        await modelState.extendCooldown(candidate.modelId, untilMs);
+        return 'again';
+      }
+      case 'MODEL_NOT_FOUND':
+        await modelState.markRetired(candidate.modelId, e.message);
+        return 'again';
+      case 'CONTENT_BLOCKED': {
+        // Nano Banana 2 blocks more than Pro (seeds): a standard job gets one try on Pro.
+        const proCan = supports('pro', req.size, req.aspectRatio);
+        const proBlocked = progress.history.some((h) => h.family === 'pro' && h.outcome === 'CONTENT_BLOCKED');
+        return req.tier === 'standard' && candidate.family === 'fast' && proCan && !proBlocked ? 'again' : 'fail';
+      }
+      case 'NO_IMAGE':
+        return progress.history.filter((h) => h.outcome === 'NO_IMAGE').length <= 1 ? 'again' : 'fail';
+      default:
+        return e.retryable ? 'retry' : 'fail';
+    }
+  }
+
+  /** Delay after a 429: the provider's RetryInfo when given, else doubling from the backoff base. */
+  function rateLimitDelay(retryAfterMs: number | undefined, progress: JobProgress, modelId: string): number {
+    if (retryAfterMs !== undefined) return retryAfterMs;
+    const n = progress.history.filter((h) => h.model === modelId && h.outcome === 'RATE_LIMITED').length;
+    return Math.min(config.BACKOFF_CAP_MS, config.BACKOFF_BASE_MS * 2 ** Math.max(0, n - 1));
+  }
+
+  function entry(
+    attempt: number, model: string | null, family: ModelFamily | null, outcome: string, latencyMs: number, at: number, reason?: string, costUsd?: number,
+  ): HistoryEntry {
+    return {
+      attempt, model, family: family ?? (model ? familyOf(model) : null), outcome, latencyMs: Math.max(0, Math.round(latencyMs)),
+      at: new Date(at).toISOString(), ...(reason ? { reason } : {}), ...(costUsd ? { costUsd } : {}),
+    };
+  }
+}
+
+/**
+ * The call was aborted by a cancellation or by the end of the shutdown grace. On shutdown the job is
+ * handed back (delayed until now, no attempt consumed) so another worker takes it at once instead of
+ * waiting for the stalled-job check.
+ */
+async function released(job: Job, token: string | undefined, progress: JobProgress, log: Logger, why: 'shutdown' | 'canceled', err: unknown): Promise<never> {
+  if (why === 'shutdown') {
+    progress.history.push({ attempt: job.attemptsMade + 1, model: progress.route?.model ?? null, family: progress.route?.family ?? null, outcome: 'released', latencyMs: 0, at: new Date().toISOString(), reason: 'worker shutting down' });
+    await job.updateProgress(progress);
+    await job.moveToDelayed(Date.now(), token);
+    log.info('released to another worker (shutdown)');
+    throw new DelayedError();
+  }
+  throw err;
+}
+
+async function loadInputImages(store: ObjectStore, data: StoredJobData): Promise<{ mimeType: string; data: Buffer }[]> {
+  return Promise.all(
+    data.request.inputImages.map(async (img) => {
+      const got = await store.get(img.s3Key);
+      return { mimeType: img.mimeType ?? got.contentType ?? 'image/png', data: got.body };
+    }),
+  );
+}
+
+/** A 200 whose image is not what was asked: another model version or another pixel size. */
+function describeDegradation(image: GeneratedImage, family: ModelFamily, want: { width: number; height: number }): string | undefined {
+  const problems: string[] = [];
+  if (image.width !== want.width || image.height !== want.height) {
+    problems.push(`asked ${want.width}x${want.height}, got ${image.width}x${image.height}`);
+  }
+  const prefixes = CAPABILITIES[family].versionPrefixes;
+  if (image.modelVersion && !prefixes.some((p) => image.modelVersion!.startsWith(p))) {
+    problems.push(`answered by ${image.modelVersion}, not ${FAMILY_LABEL[family]}`);
+  }
+  return problems.length > 0 ? problems.join('; ') : undefined;
+}
+
+function round6(n: number): number {
+  return Math.round(n * 1e6) / 1e6;
+}
