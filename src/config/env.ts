@@ -23,7 +23,7 @@ const modelIdList = z
   .transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean))
   .pipe(
     z
-      .array(z.string().regex(/^[a-z0-9][a-z0-9.\-]*$/, { message: 'model ids are lowercase letters, digits, dots and dashes' }))
+      .array(z.string().regex(/^[a-z0-9][a-z0-9.-]*$/, { message: 'model ids are lowercase letters, digits, dots and dashes' }))
       .min(1, { message: 'needs at least one model id' }),
   );
 

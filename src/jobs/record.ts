@@ -70,6 +70,8 @@ export const historyEntrySchema = z.object({
   at: z.string(),
   reason: z.string().optional(),
   costUsd: z.number().optional(),
+  /** For RATE_LIMITED: the delay the provider asked for (RetryInfo.retryDelay), ms. */
+  retryAfterMs: z.number().optional(),
 });
 export type HistoryEntry = z.infer<typeof historyEntrySchema>;
 

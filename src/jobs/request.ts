@@ -88,5 +88,11 @@ export interface FieldIssue {
 }
 
 export function zodIssues(error: z.ZodError): FieldIssue[] {
-  return error.issues.map((i) => ({ path: i.path.map(String).join('.') || '(body)', message: i.message }));
+  return error.issues.flatMap((i) => {
+    // zod reports unknown fields on their parent object; name each field instead.
+    if (i.code === 'unrecognized_keys') {
+      return i.keys.map((k) => ({ path: [...i.path, k].map(String).join('.'), message: 'is not a known field' }));
+    }
+    return [{ path: i.path.map(String).join('.') || '(body)', message: i.message }];
+  });
 }

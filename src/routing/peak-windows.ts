@@ -18,9 +18,10 @@ function toMinute(s: string): number {
   return h * 60 + m;
 }
 
-/** Parse `10:00-14:00,22:00-02:00`. An empty string means "no peak window". */
+/** Parse `10:00-14:00,22:00-02:00`. `none` (or an empty string) means "never peak". */
 export function parsePeakWindows(spec: string): PeakWindow[] {
   const windows: PeakWindow[] = [];
+  if (spec.trim().toLowerCase() === 'none') return windows;
   for (const part of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
     const m = /^(\S+)\s*-\s*(\S+)$/.exec(part);
     if (!m) throw new Error(`"${part}" is not a window HH:MM-HH:MM`);

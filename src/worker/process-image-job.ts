@@ -140,7 +140,10 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         const usage = e.details['usage'] as Usage | undefined;
         const cost = usage ? costFromUsage(candidate.family, usage) : 0;
         progress.costUsd = round6(progress.costUsd + cost);
-        progress.history.push(entry(attempt, candidate.modelId, candidate.family, e.code, latencyMs, now(), candidate.reason, cost));
+        progress.history.push({
+          ...entry(attempt, candidate.modelId, candidate.family, e.code, latencyMs, now(), candidate.reason, cost),
+          ...(e.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}),
+        });
         progress.error = e.toJSON();
         log.info({ code: e.code, latencyMs, err: e.message }, 'upstream call failed');
 

@@ -38,6 +38,7 @@ describe('peak windows', () => {
     expect(activePeakWindow(new Date('2026-07-15T14:30:00Z'), ny, 'America/New_York')).toBeDefined();
     expect(activePeakWindow(new Date('2026-07-15T15:30:00Z'), ny, 'America/New_York')).toBeUndefined();
     expect(() => parsePeakWindows('10:00-10:00')).toThrow(/empty/);
+    expect(parsePeakWindows('none')).toEqual([]);
   });
 });
 
