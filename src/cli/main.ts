@@ -121,7 +121,7 @@ async function demo(): Promise<number> {
       console.log(
         `  ✓ ${job.request.tier.padEnd(8)} ${job.request.size.padEnd(3)} ${job.request.aspectRatio.padEnd(5)} ` +
           `${`${job.output.width}x${job.output.height}`.padEnd(10)} ${job.route?.model.padEnd(24)} $${(job.costUsd ?? 0).toFixed(4)}\n` +
-          `      file:   ${path}\n      object: s3://${stack.config.S3_BUCKET}/${job.output.key}`,
+          `      why:    ${job.route?.reason}\n      file:   ${path}\n      object: s3://${stack.config.S3_BUCKET}/${job.output.key}`,
       );
     }
     if (stack.simulated) console.log('\n(images came from the built-in simulator: set GEMINI_API_KEY for real generations)');
