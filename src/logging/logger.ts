@@ -7,7 +7,7 @@ import { pino, type Logger, type DestinationStream } from 'pino';
 export type { Logger };
 
 export const REDACT_PATHS = [
-  'apiKey', '*.apiKey', 'key', '*.key.secret',
+  'apiKey', '*.apiKey',
   'headers["x-goog-api-key"]', '*.headers["x-goog-api-key"]',
   'headers.authorization', '*.headers.authorization', 'req.headers.authorization',
   'GEMINI_API_KEY', '*.GEMINI_API_KEY', 'S3_SECRET_ACCESS_KEY', '*.S3_SECRET_ACCESS_KEY', 'API_KEYS', '*.API_KEYS',

@@ -18,7 +18,7 @@ import { STORED_JOB_VERSION, storedJobDataSchema, type StoredJobData, type Store
 import {
   INPUT_IMAGE_MIME_TYPES, jobRequestSchema, zodIssues, type FieldIssue, type InputImageMimeType, type JobRequest,
 } from '../jobs/request.js';
-import { inputKey, type ObjectStore } from '../storage/object-store.js';
+import { inputKey, tenantMetadata, type ObjectStore } from '../storage/object-store.js';
 import { IMAGE_JOB_NAME, idempotentJobId, imageJobOptions, keys, newJobId } from './image-queue.js';
 import { viewJob, type JobView } from './job-view.js';
 
@@ -92,7 +92,7 @@ export class ImageJobProducer {
     }
     if (lateDeadline) throw invalidRequest([lateDeadline]);
 
-    await this.checkReferencedInputs(inputs);
+    await this.checkReferencedInputs(inputs, tenant);
 
     let created = false;
     if (marker !== undefined) {
@@ -112,7 +112,7 @@ export class ImageJobProducer {
 
     // Reached with created=false only when the marker exists but its job does not (a crash or an
     // outage between SET and add): adding now is safe because the job id is derived from the key.
-    const storedInputs = await this.storeInputs(jobId, inputs);
+    const storedInputs = await this.storeInputs(jobId, inputs, tenant);
     const data: StoredJobData = storedJobDataSchema.parse({
       v: STORED_JOB_VERSION,
       tenant,
@@ -217,13 +217,21 @@ export class ImageJobProducer {
     return prepared;
   }
 
-  /** {s3Key} inputs must exist now; finding out at run time would waste a queue slot and a retry budget. */
-  private async checkReferencedInputs(inputs: PreparedInput[]): Promise<void> {
+  /**
+   * {s3Key} inputs must exist now; finding out at run time would waste a queue slot and a retry budget.
+   * With tenants, a key must belong to the caller: an object pixelmill wrote for that tenant (its
+   * `tenant` metadata), or one under `{S3_KEY_PREFIX}/uploads/{tenant}/`. Anything else is answered
+   * like a missing object, so other tenants' keys are not even confirmed to exist.
+   */
+  private async checkReferencedInputs(inputs: PreparedInput[], tenant: string | null): Promise<void> {
     const refs = inputs.filter((i): i is Extract<PreparedInput, { kind: 's3' }> => i.kind === 's3');
     const heads = await Promise.all(
       refs.map(async (ref) => ({ ref, head: await this.storageOp(`check ${ref.s3Key}`, () => this.store.head(ref.s3Key)) })),
     );
-    const missing = heads.filter((h) => h.head === undefined);
+    const uploads = [this.config.S3_KEY_PREFIX, 'uploads', tenant ?? ''].filter(Boolean).join('/') + '/';
+    const usable = (h: (typeof heads)[number]) =>
+      h.head !== undefined && (tenant === null || h.head.metadata['tenant'] === tenant || h.ref.s3Key.startsWith(uploads));
+    const missing = heads.filter((h) => !usable(h));
     if (missing.length > 0) {
       throw invalidRequest(
         missing.map((m) => ({ path: `inputImages.${m.ref.index}.s3Key`, message: `no object ${m.ref.s3Key} in bucket ${this.store.bucket}` })),
@@ -236,12 +244,12 @@ export class ImageJobProducer {
     }
   }
 
-  private async storeInputs(jobId: string, inputs: PreparedInput[]): Promise<StoredRequest['inputImages']> {
+  private async storeInputs(jobId: string, inputs: PreparedInput[], tenant: string | null): Promise<StoredRequest['inputImages']> {
     return Promise.all(
       inputs.map(async (input) => {
         if (input.kind === 's3') return input.mimeType ? { s3Key: input.s3Key, mimeType: input.mimeType } : { s3Key: input.s3Key };
         const key = inputKey(this.config, jobId, input.index, input.mimeType);
-        await this.storageOp(`store ${key}`, () => this.store.put(key, input.bytes, input.mimeType));
+        await this.storageOp(`store ${key}`, () => this.store.put(key, input.bytes, input.mimeType, tenantMetadata(tenant)));
         return { s3Key: key, mimeType: input.mimeType };
       }),
     );

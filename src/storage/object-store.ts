@@ -146,3 +146,8 @@ export function inputKey(config: Config, jobId: string, index: number, mimeType:
   const ext = mimeType === 'image/png' ? 'png' : mimeType === 'image/webp' ? 'webp' : 'jpg';
   return [config.S3_KEY_PREFIX, 'inputs', jobId, `${index}.${ext}`].filter(Boolean).join('/');
 }
+
+/** S3 metadata that records which tenant an object belongs to (checked when it is used as an input). */
+export function tenantMetadata(tenant: string | null): Record<string, string> {
+  return tenant === null ? {} : { tenant };
+}

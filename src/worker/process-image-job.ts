@@ -24,7 +24,7 @@ import { costFromUsage } from '../models/pricing.js';
 import type { GeneratedImage, ImageGenerator } from '../providers/gemini/types.js';
 import { route, type Candidate, type RoutingPolicy } from '../routing/router.js';
 import { nextMidnight, type ModelStateStore } from '../state/model-state.js';
-import { outputKey, type ObjectStore } from '../storage/object-store.js';
+import { outputKey, tenantMetadata, type ObjectStore } from '../storage/object-store.js';
 import { cooldownJitter } from './backoff.js';
 
 /** Upper bound on upstream calls within one attempt (fallbacks, retired ids, the NO_IMAGE retry). */
@@ -164,6 +164,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
       const put = await store
         .put(key, image.bytes, image.mimeType, {
           'job-id': String(job.id), model: candidate.modelId, 'model-version': image.modelVersion ?? '', 'prompt-sha256': data.promptSha256,
+          ...tenantMetadata(data.tenant),
         })
         .catch(async (err: unknown) => {
           const e = toPixelmillError(err);

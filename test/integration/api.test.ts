@@ -548,6 +548,24 @@ describe('authentication', () => {
     // Probes stay open.
     expect((await http(h, 'GET', '/healthz')).status).toBe(200);
   });
+
+  it('lets a tenant use only its own objects as {s3Key} inputs', async () => {
+    const h = await startHarness({ API_KEYS: `alice:${ALICE},bob:${BOB}`, HOST: '127.0.0.1' });
+    const prefix = h.config.S3_KEY_PREFIX;
+    const png = await image('png');
+    await h.store.put(`${prefix}/img_alicesout.png`, png, 'image/png', { tenant: 'alice' });
+    await h.store.put(`${prefix}/uploads/bob/ref.png`, png, 'image/png');
+    await h.store.put(`${prefix}/loose.png`, png, 'image/png');
+
+    const use = (token: string, s3Key: string) => http(h, 'POST', '/v1/jobs', { json: { prompt: 'edit', inputImages: [{ s3Key }] }, token });
+    expect((await use(ALICE, `${prefix}/img_alicesout.png`)).status).toBe(202);
+    expect((await use(BOB, `${prefix}/uploads/bob/ref.png`)).status).toBe(202);
+    // Another tenant's object, another tenant's uploads and untagged objects look exactly like missing ones.
+    for (const [token, key] of [[BOB, `${prefix}/img_alicesout.png`], [ALICE, `${prefix}/uploads/bob/ref.png`], [ALICE, `${prefix}/loose.png`], [ALICE, `${prefix}/nothing.png`]] as const) {
+      const answer = expectError(await use(token, key), 400, 'INVALID_REQUEST');
+      expect(JSON.stringify(answer)).toContain(`no object ${key}`);
+    }
+  });
 });
 
 describe('probes', () => {

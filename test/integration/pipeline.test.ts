@@ -6,6 +6,7 @@ import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { s3ClientConfig } from '../../src/storage/object-store.js';
+import { nextMidnight } from '../../src/state/model-state.js';
 import { startPipeline, type Pipeline } from '../support/pipeline.js';
 import { waitFor } from '../support/stack.js';
 
@@ -70,6 +71,15 @@ describe('pipeline', () => {
     expect(nextFast.at - answeredAt).toBeGreaterThanOrEqual(retryAfterMs);
     const job = await p.queue.getJob(draft['id']);
     expect(job?.attemptsMade).toBe(1);
+  });
+
+  it('a per-day quota closes the model until midnight Pacific; a standard job moves to Pro', async () => {
+    p = await startPipeline({ sim: { timeScale: 0.001 } });
+    const view = await p.settle((await p.submit({ prompt: 'daily [sim:429-day@fast*1] e2e-daily' })).body['id']);
+    expect(view['status']).toBe('succeeded');
+    expect(view['route'].model).toBe('gemini-3-pro-image');
+    const until = Number(await p.redis.get(`${p.config.QUEUE_PREFIX}:pm:model:gemini-3.1-flash-image:cooldown`));
+    expect(until).toBe(nextMidnight(Date.now()));
   });
 
   it('a draft job never calls Pro, even at peak and with Nano Banana 2 failing', async () => {
