@@ -9,6 +9,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { request } from 'undici';
 import type { JobRequestInput } from '../jobs/request.js';
+import { extensionFor } from '../storage/object-store.js';
 
 export interface JobViewLite {
   id: string;
@@ -71,8 +72,7 @@ export class PixelmillClient {
   async download(job: JobViewLite, dir: string): Promise<string> {
     if (!job.output) throw new Error(`job ${job.id} has no output`);
     await mkdir(dir, { recursive: true });
-    const ext = job.output.mimeType === 'image/png' ? 'png' : job.output.mimeType === 'image/webp' ? 'webp' : 'jpg';
-    const path = join(dir, `${job.id}.${ext}`);
+    const path = join(dir, `${job.id}.${extensionFor(job.output.mimeType)}`);
     const res = await request(job.output.url);
     if (res.statusCode !== 200) {
       await res.body.dump();

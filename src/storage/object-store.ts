@@ -135,16 +135,19 @@ export function createS3Store(config: Config, opts: S3StoreOptions = {}): Object
   };
 }
 
+/** File extension of an image MIME type (JPEG is the default: the 3.x models answer JPEG). */
+export function extensionFor(mimeType: string): 'png' | 'webp' | 'jpg' {
+  return mimeType === 'image/png' ? 'png' : mimeType === 'image/webp' ? 'webp' : 'jpg';
+}
+
 /** The deterministic output key of a job: a retry overwrites, never duplicates. */
 export function outputKey(config: Config, jobId: string, mimeType: string): string {
-  const ext = mimeType === 'image/png' ? 'png' : mimeType === 'image/webp' ? 'webp' : 'jpg';
-  return [config.S3_KEY_PREFIX, `${jobId}.${ext}`].filter(Boolean).join('/');
+  return [config.S3_KEY_PREFIX, `${jobId}.${extensionFor(mimeType)}`].filter(Boolean).join('/');
 }
 
 /** Where inline input images of a job are kept. */
 export function inputKey(config: Config, jobId: string, index: number, mimeType: string): string {
-  const ext = mimeType === 'image/png' ? 'png' : mimeType === 'image/webp' ? 'webp' : 'jpg';
-  return [config.S3_KEY_PREFIX, 'inputs', jobId, `${index}.${ext}`].filter(Boolean).join('/');
+  return [config.S3_KEY_PREFIX, 'inputs', jobId, `${index}.${extensionFor(mimeType)}`].filter(Boolean).join('/');
 }
 
 /** S3 metadata that records which tenant an object belongs to (checked when it is used as an input). */

@@ -78,116 +78,126 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
     const deadline = req.deadline ? Date.parse(req.deadline) : undefined;
     const want = pixelSize(req.size, req.aspectRatio);
 
-    const combined = AbortSignal.any([signal, deps.shutdownSignal].filter((s): s is AbortSignal => s !== undefined));
-    const inputs = await loadInputImages(store, data).catch(async (err: unknown) => {
-      const e = toPixelmillError(err);
-      progress.error = e.toJSON();
-      await save();
-      throw e;
-    });
-
-    for (let call = 0; call < MAX_CALLS_PER_ATTEMPT; call++) {
-      if (deadline !== undefined && now() >= deadline) {
-        return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} passed after ${progress.history.length} call(s)`));
-      }
-
-      // 2. Route on the fleet's shared view of the models.
-      const state = await modelState.snapshot(allModelIds);
-      const decision = route(
-        { tier: req.tier, size: req.size, aspectRatio: req.aspectRatio, allowDowngrade: req.allowDowngrade, history: progress.history, attempt },
-        { now: now(), state, models, peakWindows: config.PEAK_WINDOWS, timeZone: config.PEAK_TIMEZONE, policy: deps.policy },
-      );
-
-      if (decision.kind === 'none') {
-        const blockedBefore = progress.history.some((h) => h.outcome === 'CONTENT_BLOCKED');
-        return fail(new PixelmillError(blockedBefore ? 'CONTENT_BLOCKED' : 'NO_MODEL_AVAILABLE', decision.reason));
-      }
-
-      if (decision.kind === 'wait') {
-        if (deadline !== undefined && decision.untilMs >= deadline) {
-          return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} comes before the models are free again (${decision.reason})`));
-        }
-        if (progress.rateLimitRequeues >= config.RATE_LIMIT_MAX_REQUEUES) {
-          return fail(new PixelmillError('RATE_LIMITED', `still rate limited after ${progress.rateLimitRequeues} requeues (RATE_LIMIT_MAX_REQUEUES)`));
-        }
-        progress.rateLimitRequeues += 1;
-        progress.history.push(entry(attempt, null, null, 'requeued', 0, now(), decision.reason));
-        await save();
-        log.info({ untilMs: decision.untilMs, reason: decision.reason }, 'requeued until a model is free');
-        // Not an attempt: the upstream told us when to come back.
-        await job.moveToDelayed(decision.untilMs, token);
-        throw new DelayedError();
-      }
-
-      const candidate: Candidate = decision.candidates[0]!;
-      log = log.child({ model: candidate.modelId });
-      progress.route = { family: candidate.family, model: candidate.modelId, reason: candidate.reason };
-      await save();
-
-      // 3. Generate. The call's budget is the upstream timeout, or less when the deadline is nearer.
-      const budget = Math.max(1, Math.min(config.UPSTREAM_TIMEOUT_MS, deadline !== undefined ? deadline - now() : Infinity));
-      const started = now();
-      let image: GeneratedImage;
-      try {
-        image = await generator.generate({
-          modelId: candidate.modelId, prompt: req.prompt, size: req.size, aspectRatio: req.aspectRatio,
-          inputImages: inputs, timeoutMs: budget, signal: combined,
-        });
-      } catch (err) {
-        if (combined.aborted) return released(job, token, progress, log, deps.shutdownSignal?.aborted ? 'shutdown' : 'canceled', err);
-        const e = toPixelmillError(err);
-        const latencyMs = now() - started;
-        const usage = e.details['usage'] as Usage | undefined;
-        const cost = usage ? costFromUsage(candidate.family, usage) : 0;
-        progress.costUsd = round6(progress.costUsd + cost);
-        progress.history.push({
-          ...entry(attempt, candidate.modelId, candidate.family, e.code, latencyMs, now(), candidate.reason, cost),
-          ...(e.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}),
-        });
-        progress.error = e.toJSON();
-        log.info({ code: e.code, latencyMs, err: e.message }, 'upstream call failed');
-
-        const next = await decideAfterFailure(e, candidate, req, progress);
-        if (next === 'again') continue;
-        if (next === 'retry') {
-          await save();
-          throw e; // BullMQ retries after the backoff (consumes an attempt) or fails when none are left
-        }
-        return fail(e);
-      }
-
-      // 4. Store. A deterministic key: a retry overwrites, never duplicates.
-      const key = outputKey(config, String(job.id), image.mimeType);
-      const latencyMs = image.latencyMs;
-      const cost = costFromUsage(candidate.family, image.usage);
-      progress.costUsd = round6(progress.costUsd + cost);
-      const put = await store
-        .put(key, image.bytes, image.mimeType, {
-          'job-id': String(job.id), model: candidate.modelId, 'model-version': image.modelVersion ?? '', 'prompt-sha256': data.promptSha256,
-          ...tenantMetadata(data.tenant),
-        })
-        .catch(async (err: unknown) => {
-          const e = toPixelmillError(err);
-          progress.history.push(entry(attempt, candidate.modelId, candidate.family, e.code, latencyMs, now(), candidate.reason, cost));
-          progress.error = e.toJSON();
-          await save();
-          throw e;
-        });
-      progress.history.push(entry(attempt, candidate.modelId, candidate.family, 'succeeded', latencyMs, now(), candidate.reason, cost));
-      delete progress.error;
-      await save();
-
-      const degraded = describeDegradation(image, candidate.family, want);
-      log.info({ key, bytes: put.bytes, latencyMs, costUsd: cost, degraded }, 'image stored');
-      return {
-        v: 1, key, bytes: put.bytes, sha256: put.sha256, width: image.width, height: image.height, mimeType: image.mimeType,
-        family: candidate.family, model: candidate.modelId, modelVersion: image.modelVersion, responseId: image.responseId,
-        finishReason: image.finishReason, routingReason: candidate.reason, usage: image.usage, costUsd: cost,
-        totalCostUsd: progress.costUsd, attempts: attempt, upstreamLatencyMs: latencyMs,
-        ...(degraded ? { degraded } : {}),
-      };
+    // One signal for the upstream call: the job's cancellation or the worker's shutdown, whichever comes first.
+    const link = linkSignals([signal, deps.shutdownSignal]);
+    const combined = link.signal;
+    try {
+      return await run();
+    } finally {
+      link.dispose();
     }
-    throw new PixelmillError('INTERNAL', `more than ${MAX_CALLS_PER_ATTEMPT} upstream calls in one attempt`);
+
+    async function run(): Promise<JobResult> {
+      const inputs = await loadInputImages(store, data).catch(async (err: unknown) => {
+        const e = toPixelmillError(err);
+        progress.error = e.toJSON();
+        await save();
+        throw e;
+      });
+
+      for (let call = 0; call < MAX_CALLS_PER_ATTEMPT; call++) {
+        if (deadline !== undefined && now() >= deadline) {
+          return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} passed after ${progress.history.length} call(s)`));
+        }
+
+        // 2. Route on the fleet's shared view of the models.
+        const state = await modelState.snapshot(allModelIds);
+        const decision = route(
+          { tier: req.tier, size: req.size, aspectRatio: req.aspectRatio, allowDowngrade: req.allowDowngrade, history: progress.history, attempt },
+          { now: now(), state, models, peakWindows: config.PEAK_WINDOWS, timeZone: config.PEAK_TIMEZONE, policy: deps.policy },
+        );
+
+        if (decision.kind === 'none') {
+          const blockedBefore = progress.history.some((h) => h.outcome === 'CONTENT_BLOCKED');
+          return fail(new PixelmillError(blockedBefore ? 'CONTENT_BLOCKED' : 'NO_MODEL_AVAILABLE', decision.reason));
+        }
+
+        if (decision.kind === 'wait') {
+          if (deadline !== undefined && decision.untilMs >= deadline) {
+            return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} comes before the models are free again (${decision.reason})`));
+          }
+          if (progress.rateLimitRequeues >= config.RATE_LIMIT_MAX_REQUEUES) {
+            return fail(new PixelmillError('RATE_LIMITED', `still rate limited after ${progress.rateLimitRequeues} requeues (RATE_LIMIT_MAX_REQUEUES)`));
+          }
+          progress.rateLimitRequeues += 1;
+          progress.history.push(entry(attempt, null, null, 'requeued', 0, now(), decision.reason));
+          await save();
+          log.info({ untilMs: decision.untilMs, reason: decision.reason }, 'requeued until a model is free');
+          // Not an attempt: the upstream told us when to come back.
+          await job.moveToDelayed(decision.untilMs, token);
+          throw new DelayedError();
+        }
+
+        const candidate: Candidate = decision.candidates[0]!;
+        log = log.child({ model: candidate.modelId });
+        progress.route = { family: candidate.family, model: candidate.modelId, reason: candidate.reason };
+        await save();
+
+        // 3. Generate. The call's budget is the upstream timeout, or less when the deadline is nearer.
+        const budget = Math.max(1, Math.min(config.UPSTREAM_TIMEOUT_MS, deadline !== undefined ? deadline - now() : Infinity));
+        const started = now();
+        let image: GeneratedImage;
+        try {
+          image = await generator.generate({
+            modelId: candidate.modelId, prompt: req.prompt, size: req.size, aspectRatio: req.aspectRatio,
+            inputImages: inputs, timeoutMs: budget, signal: combined,
+          });
+        } catch (err) {
+          if (combined.aborted) return released(job, token, progress, log, deps.shutdownSignal?.aborted ? 'shutdown' : 'canceled', err);
+          const e = toPixelmillError(err);
+          const latencyMs = now() - started;
+          const usage = e.details['usage'] as Usage | undefined;
+          const cost = usage ? costFromUsage(candidate.family, usage) : 0;
+          progress.costUsd = round6(progress.costUsd + cost);
+          progress.history.push({
+            ...entry(attempt, candidate.modelId, candidate.family, e.code, latencyMs, now(), candidate.reason, cost),
+            ...(e.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}),
+          });
+          progress.error = e.toJSON();
+          log.info({ code: e.code, latencyMs, err: e.message }, 'upstream call failed');
+
+          const next = await decideAfterFailure(e, candidate, req, progress);
+          if (next === 'again') continue;
+          if (next === 'retry') {
+            await save();
+            throw e; // BullMQ retries after the backoff (consumes an attempt) or fails when none are left
+          }
+          return fail(e);
+        }
+
+        // 4. Store. A deterministic key: a retry overwrites, never duplicates.
+        const key = outputKey(config, String(job.id), image.mimeType);
+        const latencyMs = image.latencyMs;
+        const cost = costFromUsage(candidate.family, image.usage);
+        progress.costUsd = round6(progress.costUsd + cost);
+        const put = await store
+          .put(key, image.bytes, image.mimeType, {
+            'job-id': String(job.id), model: candidate.modelId, 'model-version': image.modelVersion ?? '', 'prompt-sha256': data.promptSha256,
+            ...tenantMetadata(data.tenant),
+          })
+          .catch(async (err: unknown) => {
+            const e = toPixelmillError(err);
+            progress.history.push(entry(attempt, candidate.modelId, candidate.family, e.code, latencyMs, now(), candidate.reason, cost));
+            progress.error = e.toJSON();
+            await save();
+            throw e;
+          });
+        progress.history.push(entry(attempt, candidate.modelId, candidate.family, 'succeeded', latencyMs, now(), candidate.reason, cost));
+        delete progress.error;
+        await save();
+
+        const degraded = describeDegradation(image, candidate.family, want);
+        log.info({ key, bytes: put.bytes, latencyMs, costUsd: cost, degraded }, 'image stored');
+        return {
+          v: 1, key, bytes: put.bytes, sha256: put.sha256, width: image.width, height: image.height, mimeType: image.mimeType,
+          family: candidate.family, model: candidate.modelId, modelVersion: image.modelVersion, responseId: image.responseId,
+          finishReason: image.finishReason, routingReason: candidate.reason, usage: image.usage, costUsd: cost,
+          totalCostUsd: progress.costUsd, attempts: attempt, upstreamLatencyMs: latencyMs,
+          ...(degraded ? { degraded } : {}),
+        };
+      }
+      throw new PixelmillError('INTERNAL', `more than ${MAX_CALLS_PER_ATTEMPT} upstream calls in one attempt`);
+    }
   };
 
   /** What to do after a failed call: try another candidate now, retry later, or give up. */
@@ -274,6 +284,26 @@ function describeDegradation(image: GeneratedImage, family: ModelFamily, want: {
     problems.push(`answered by ${image.modelVersion}, not ${FAMILY_LABEL[family]}`);
   }
   return problems.length > 0 ? problems.join('; ') : undefined;
+}
+
+/**
+ * A signal that aborts when any of `signals` does. Unlike AbortSignal.any, the listeners on the
+ * long-lived shutdown signal are removed when the job ends, so nothing accumulates per job.
+ */
+function linkSignals(signals: (AbortSignal | undefined)[]): { signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  const undo: (() => void)[] = [];
+  for (const s of signals) {
+    if (!s) continue;
+    if (s.aborted) {
+      controller.abort(s.reason);
+      break;
+    }
+    const onAbort = () => controller.abort(s.reason);
+    s.addEventListener('abort', onAbort, { once: true });
+    undo.push(() => s.removeEventListener('abort', onAbort));
+  }
+  return { signal: controller.signal, dispose: () => undo.forEach((u) => u()) };
 }
 
 function round6(n: number): number {
