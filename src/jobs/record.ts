@@ -72,6 +72,8 @@ export const historyEntrySchema = z.object({
   costUsd: z.number().optional(),
   /** For RATE_LIMITED: the delay the provider asked for (RetryInfo.retryDelay), ms. */
   retryAfterMs: z.number().optional(),
+  /** For `requeued`: consecutive requeues folded into this one entry. */
+  count: z.number().int().min(1).optional(),
 });
 export type HistoryEntry = z.infer<typeof historyEntrySchema>;
 
@@ -84,9 +86,35 @@ export const jobProgressSchema = z.object({
   rateLimitRequeues: z.number().int().min(0),
   /** Total spent on this job's calls so far, USD. */
   costUsd: z.number().min(0),
+  /** Oldest history entries dropped to keep the record small (see MAX_HISTORY). */
+  historyDropped: z.number().int().min(0).optional(),
   error: errorInfoSchema.optional(),
 });
 export type JobProgress = z.infer<typeof jobProgressSchema>;
+
+/** History entries kept per job: enough for every attempt's calls, small enough for Redis (< 64 KB). */
+export const MAX_HISTORY = 60;
+
+/**
+ * Append to a job's history. Consecutive requeues fold into one entry with a count, and past
+ * MAX_HISTORY the oldest entries go (counted in historyDropped), so a job that waits out hundreds of
+ * cooldowns still has a small record.
+ */
+export function appendHistory(progress: JobProgress, entry: HistoryEntry): void {
+  const last = progress.history.at(-1);
+  if (entry.outcome === 'requeued' && last?.outcome === 'requeued' && last.attempt === entry.attempt) {
+    last.count = (last.count ?? 1) + 1;
+    last.at = entry.at;
+    if (entry.reason) last.reason = entry.reason;
+    return;
+  }
+  progress.history.push(entry);
+  const excess = progress.history.length - MAX_HISTORY;
+  if (excess > 0) {
+    progress.history.splice(0, excess);
+    progress.historyDropped = (progress.historyDropped ?? 0) + excess;
+  }
+}
 
 export function emptyProgress(): JobProgress {
   return { v: 1, history: [], rateLimitRequeues: 0, costUsd: 0 };

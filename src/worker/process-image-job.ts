@@ -16,7 +16,7 @@ import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import type { Config } from '../config/env.js';
 import { PixelmillError, toPixelmillError, type ErrorCode } from '../errors/catalogue.js';
 import {
-  readProgress, storedJobDataSchema, type HistoryEntry, type JobProgress, type JobResult, type StoredJobData, type Usage,
+  appendHistory, readProgress, storedJobDataSchema, type HistoryEntry, type JobProgress, type JobResult, type StoredJobData, type Usage,
 } from '../jobs/record.js';
 import type { Logger } from '../logging/logger.js';
 import { CAPABILITIES, FAMILY_LABEL, pixelSize, supports, type ModelFamily } from '../models/catalogue.js';
@@ -120,7 +120,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
             return fail(new PixelmillError('RATE_LIMITED', `still rate limited after ${progress.rateLimitRequeues} requeues (RATE_LIMIT_MAX_REQUEUES)`));
           }
           progress.rateLimitRequeues += 1;
-          progress.history.push(entry(attempt, null, null, 'requeued', 0, now(), decision.reason));
+          appendHistory(progress, entry(attempt, null, null, 'requeued', 0, now(), decision.reason));
           await save();
           log.info({ untilMs: decision.untilMs, reason: decision.reason }, 'requeued until a model is free');
           // Not an attempt: the upstream told us when to come back.
@@ -149,7 +149,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           const usage = e.details['usage'] as Usage | undefined;
           const cost = usage ? costFromUsage(candidate.family, usage) : 0;
           progress.costUsd = round6(progress.costUsd + cost);
-          progress.history.push({
+          appendHistory(progress, {
             ...entry(attempt, candidate.modelId, candidate.family, e.code, latencyMs, now(), candidate.reason, cost),
             ...(e.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}),
           });
@@ -177,12 +177,12 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           })
           .catch(async (err: unknown) => {
             const e = toPixelmillError(err);
-            progress.history.push(entry(attempt, candidate.modelId, candidate.family, e.code, latencyMs, now(), candidate.reason, cost));
+            appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, e.code, latencyMs, now(), candidate.reason, cost));
             progress.error = e.toJSON();
             await save();
             throw e;
           });
-        progress.history.push(entry(attempt, candidate.modelId, candidate.family, 'succeeded', latencyMs, now(), candidate.reason, cost));
+        appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'succeeded', latencyMs, now(), candidate.reason, cost));
         delete progress.error;
         await save();
 
@@ -255,7 +255,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
  */
 async function released(job: Job, token: string | undefined, progress: JobProgress, log: Logger, why: 'shutdown' | 'canceled', err: unknown): Promise<never> {
   if (why === 'shutdown') {
-    progress.history.push({ attempt: job.attemptsMade + 1, model: progress.route?.model ?? null, family: progress.route?.family ?? null, outcome: 'released', latencyMs: 0, at: new Date().toISOString(), reason: 'worker shutting down' });
+    appendHistory(progress, { attempt: job.attemptsMade + 1, model: progress.route?.model ?? null, family: progress.route?.family ?? null, outcome: 'released', latencyMs: 0, at: new Date().toISOString(), reason: 'worker shutting down' });
     await job.updateProgress(progress);
     await job.moveToDelayed(Date.now(), token);
     log.info('released to another worker (shutdown)');
