@@ -5,6 +5,7 @@
  * within SHUTDOWN_GRACE (default 390 s, longer than the 360 s upstream timeout), then abort what is
  * still running and hand those jobs back to the queue for another worker, without consuming an attempt.
  */
+import { setMaxListeners } from 'node:events';
 import { getHeapStatistics } from 'node:v8';
 import { Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -62,6 +63,8 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
   const now = deps.now ?? Date.now;
   const random = deps.random ?? Math.random;
   const shutdown = new AbortController();
+  // Every in-flight job listens on it (and stops listening when it ends): not a leak, so no warning.
+  setMaxListeners(0, shutdown.signal);
 
   const processor = createImageJobProcessor({
     config, generator, store, logger, now, random, policy: deps.policy,

@@ -35,9 +35,15 @@ export interface RequestedImage {
 
 const SNIFFED_TYPES: Record<string, OutputMimeType> = { jpg: 'image/jpeg', png: 'image/png', webp: 'image/webp' };
 const MAX_QUOTED_CHARS = 300;
-// Standard or URL-safe alphabet with optional padding; Buffer.from(…, 'base64') silently skips anything
-// else, so the check has to be explicit.
-const BASE64 = /^[A-Za-z0-9+/_-]*={0,2}$/;
+/**
+ * The byte length a base64 string of this length decodes to. Buffer.from(…, 'base64') silently skips
+ * characters outside the alphabet (and stops at a stray '='), so a decoded length shorter than this
+ * means the data was not base64 — an O(1) check instead of a regex over megabytes of 4K image.
+ */
+function base64DecodedLength(s: string): number {
+  const pad = s.endsWith('==') ? 2 : s.endsWith('=') ? 1 : 0;
+  return Math.floor((s.length * 3) / 4) - pad;
+}
 
 type Json = Record<string, unknown>;
 
@@ -96,8 +102,9 @@ interface DecodedImage {
 /** Decode one inlineData part and read its header; a message (not an image) when it is not one we can use. */
 function decodeImage(data: string, declaredMimeType: string | null): DecodedImage | string {
   if (data.length === 0) return 'an image part with empty data';
-  if (!BASE64.test(data) || data.length % 4 === 1) return 'an image part whose data is not base64';
+  if (data.length % 4 === 1) return 'an image part whose data is not base64';
   const bytes = Buffer.from(data, 'base64');
+  if (bytes.length !== base64DecodedLength(data)) return 'an image part whose data is not base64';
   let size: ReturnType<typeof imageSize>;
   try {
     size = imageSize(bytes);
