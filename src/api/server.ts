@@ -18,6 +18,14 @@ import { createImageQueue } from '../queue/image-queue.js';
 import { ImageJobProducer, redisReady } from '../queue/producer.js';
 import { createS3Store, type ObjectStore } from '../storage/object-store.js';
 import { createAuthenticator } from './auth.js';
+import type { RouteContext, RouteModule } from './context.js';
+import { batchesRoutes } from './routes/batches.js';
+import { experimentsRoutes } from './routes/experiments.js';
+import { liveRoutes } from './routes/live.js';
+import { webhooksRoutes } from './routes/webhooks.js';
+
+/** Route modules beyond the job routes below, in registration order. */
+const ROUTE_MODULES: readonly RouteModule[] = [webhooksRoutes, batchesRoutes, experimentsRoutes, liveRoutes];
 import { RETRY_AFTER_SECONDS, toApiError } from './errors.js';
 
 export interface ApiDeps {
@@ -84,6 +92,14 @@ export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
   const authenticate = createAuthenticator(config.API_KEYS);
   const tenants = new WeakMap<FastifyRequest, string | null>();
   const tenantOf = (request: FastifyRequest): string | null => tenants.get(request) ?? null;
+  const closers: (() => Promise<void>)[] = [];
+  app.addHook('onClose', async () => {
+    for (const close of closers.splice(0)) await close().catch(() => {});
+  });
+  const ctx: RouteContext = {
+    config, producer, queue: deps.queue, redis: deps.redis, store: deps.store, logger, tenantOf,
+    onClose: (fn) => void closers.push(fn),
+  };
 
   await app.register(
     async (v1) => {
@@ -112,9 +128,12 @@ export async function buildApiServer(deps: ApiDeps): Promise<FastifyInstance> {
         if (!view) throw new PixelmillError('NOT_FOUND', `No job ${request.params.id}`);
         return view;
       });
+
+      for (const module of ROUTE_MODULES) await module.v1?.(v1, ctx);
     },
     { prefix: '/v1' },
   );
+  for (const module of ROUTE_MODULES) await module.root?.(app, ctx);
 
   app.get('/healthz', async () => ({ status: 'ok' }));
 

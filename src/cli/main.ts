@@ -18,6 +18,7 @@ import type { JobRequestInput } from '../jobs/request.js';
 import { parseSimulatorArgs, startSimulator } from '../simulator/server.js';
 import { runApi } from '../../workers/api.js';
 import { runImageWorker } from '../../workers/image-worker.js';
+import { runWebhookWorker } from '../../workers/webhook-worker.js';
 import { PixelmillClient, parsePromptsFile, type JobViewLite } from './client.js';
 import { exitOnConfigError } from './exit.js';
 
@@ -26,6 +27,7 @@ const USAGE = `pixelmill — bulk image generation with Nano Banana 2 and Nano B
 Usage:
   pixelmill api                       run the HTTP API (config from the environment)
   pixelmill worker                    run an image worker
+  pixelmill webhook-worker            run a webhook delivery worker
   pixelmill simulate [--port N] [--time-scale X] [--seed S] [--peak on|off|auto] [--quota-fast RPM] [--quota-pro RPM]
                                       run the Gemini-compatible simulator
   pixelmill dev [--time-scale X]      embedded stack (redis-server, S3, simulator, API, worker); Ctrl-C stops it
@@ -46,6 +48,9 @@ async function main(argv: string[]): Promise<number> {
       return -1; // keeps running
     case 'worker':
       await runImageWorker(exitOnConfigError(() => loadConfig()));
+      return -1;
+    case 'webhook-worker':
+      await runWebhookWorker(exitOnConfigError(() => loadConfig()));
       return -1;
     case 'simulate':
       return simulate(rest);

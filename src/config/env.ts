@@ -64,6 +64,31 @@ const apiKeys = z.string().transform((s, ctx) => {
   return pairs;
 });
 
+/** `whsec_<base64 of 24..64 random bytes>`, several separated by spaces (every delivery is signed with all). */
+const webhookSecrets = z.string().transform((s, ctx) => {
+  const secrets = s.split(/\s+/).filter(Boolean);
+  for (const secret of secrets) {
+    const raw = secret.startsWith('whsec_') ? Buffer.from(secret.slice(6), 'base64') : undefined;
+    if (!raw || raw.length < 24 || raw.length > 64) {
+      ctx.addIssue({ code: 'custom', message: 'each secret must be whsec_ followed by the base64 of 24 to 64 random bytes' });
+      return z.NEVER;
+    }
+  }
+  return secrets;
+});
+
+/** Comma-separated CIDRs (IPv4 or IPv6). */
+const cidrList = z.string().transform((s, ctx) => {
+  const cidrs = s.split(',').map((x) => x.trim()).filter(Boolean);
+  for (const c of cidrs) {
+    if (!/^[0-9a-fA-F:.]+\/\d{1,3}$/.test(c)) {
+      ctx.addIssue({ code: 'custom', message: `"${c}" is not a CIDR such as 10.0.0.0/8 or fd00::/8` });
+      return z.NEVER;
+    }
+  }
+  return cidrs;
+});
+
 /** Duration like `390s`, `5m`, `250ms` or plain milliseconds. */
 const durationMs = z.string().transform((s, ctx) => {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(s.trim());
@@ -73,6 +98,23 @@ const durationMs = z.string().transform((s, ctx) => {
   }
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] ?? 'ms']!;
   return Math.round(Number(m[1]) * unit);
+});
+
+const durationList = z.string().transform((s, ctx) => {
+  const out: number[] = [];
+  for (const part of s.split(',').map((x) => x.trim()).filter(Boolean)) {
+    const parsed = durationMs.safeParse(part);
+    if (!parsed.success) {
+      ctx.addIssue({ code: 'custom', message: `"${part}" is not a duration such as 0s, 5s, 5m or 2h` });
+      return z.NEVER;
+    }
+    out.push(parsed.data);
+  }
+  if (out.length === 0) {
+    ctx.addIssue({ code: 'custom', message: 'needs at least one delay' });
+    return z.NEVER;
+  }
+  return out;
 });
 
 export const configSchema = z
@@ -121,6 +163,15 @@ export const configSchema = z
     WORKER_LOCK_DURATION_MS: intFromEnv(1_000, 3_600_000).default(30_000),
     WORKER_STALLED_INTERVAL_MS: intFromEnv(1_000, 3_600_000).default(30_000),
     INPUT_IMAGE_MAX_BYTES: intFromEnv(1, 100 * 1024 * 1024).default(7 * 1024 * 1024),
+
+    // Webhooks and URLs fetched by the service (Standard Webhooks; SSRF guard)
+    WEBHOOK_SECRET: webhookSecrets.optional(),
+    WEBHOOK_RETRY_SCHEDULE: durationList.default([0, 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 50_400_000, 72_000_000, 86_400_000]),
+    WEBHOOK_TIMEOUT_MS: intFromEnv(100, 300_000).default(15_000),
+    WEBHOOK_ALLOWED_CIDRS: cidrList.default([]),
+    WEBHOOK_CONCURRENCY: intFromEnv(1, 1000).default(32),
+    INPUT_URL_MAX_BYTES: intFromEnv(1, 1024 * 1024 * 1024).default(20 * 1024 * 1024),
+    INPUT_URL_TIMEOUT_MS: intFromEnv(100, 600_000).default(30_000),
 
     // HTTP API
     PORT: intFromEnv(0, 65_535).default(8080),

@@ -70,6 +70,18 @@ export const ERROR_CATALOGUE = {
     retryable: false, consumesAttempt: true, mayTryFallback: false, httpStatus: 503,
     hint: 'Every model id the tier may use is retired; set current ids in MODEL_FAST / MODEL_PRO.',
   },
+  INPUT_URL_REFUSED: {
+    retryable: false, consumesAttempt: true, mayTryFallback: false, httpStatus: 400,
+    hint: 'The URL resolves to a loopback, private, link-local or metadata address, which is refused; use a public URL (or allow the range in WEBHOOK_ALLOWED_CIDRS).',
+  },
+  INPUT_FETCH_FAILED: {
+    retryable: true, consumesAttempt: true, mayTryFallback: false, httpStatus: 502,
+    hint: 'Fetching an input image failed (status, timeout, size over INPUT_URL_MAX_BYTES, or not a PNG/JPEG/WebP); check that the URL serves the image.',
+  },
+  CANCELED: {
+    retryable: false, consumesAttempt: false, mayTryFallback: false, httpStatus: 409,
+    hint: 'The job was cancelled on request; submit it again to generate the image.',
+  },
   INTERNAL: {
     retryable: true, consumesAttempt: true, mayTryFallback: false, httpStatus: 500,
     hint: 'An unexpected error; it is logged with the job id. Report it if it repeats.',

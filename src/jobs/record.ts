@@ -10,16 +10,20 @@
 import { z } from 'zod';
 import { ERROR_CODES } from '../errors/catalogue.js';
 import { ASPECT_RATIOS, IMAGE_SIZES, MODEL_FAMILIES } from '../models/catalogue.js';
-import { INPUT_IMAGE_MIME_TYPES, TIERS, metadataSchema } from './request.js';
+import { INPUT_IMAGE_MIME_TYPES, TIERS, metadataSchema, webhookSchema } from './request.js';
 
 export const STORED_JOB_VERSION = 1;
 
-/** An input image after enqueue: always an S3 key (we copied inline data there). */
-export const storedInputImageSchema = z.object({
-  s3Key: z.string().min(1),
-  /** Known when we stored the bytes ourselves; otherwise read from the object at run time. */
-  mimeType: z.enum(INPUT_IMAGE_MIME_TYPES).optional(),
-});
+/** An input image after enqueue: an S3 key (inline data was copied there), or a URL the worker fetches through the SSRF guard. */
+export const storedInputImageSchema = z.union([
+  z.object({
+    s3Key: z.string().min(1),
+    /** Known when we stored the bytes ourselves; otherwise read from the object at run time. */
+    mimeType: z.enum(INPUT_IMAGE_MIME_TYPES).optional(),
+  }),
+  z.object({ url: z.string().min(1) }),
+]);
+export type StoredInputImage = z.infer<typeof storedInputImageSchema>;
 
 export const storedRequestSchema = z.object({
   prompt: z.string().min(1).max(10_000),
@@ -32,6 +36,7 @@ export const storedRequestSchema = z.object({
   idempotencyKey: z.string().max(200).optional(),
   metadata: metadataSchema.optional(),
   deadline: z.string().optional(),
+  webhook: webhookSchema.optional(),
 });
 export type StoredRequest = z.infer<typeof storedRequestSchema>;
 
@@ -42,6 +47,10 @@ export const storedJobDataSchema = z.object({
   request: storedRequestSchema,
   createdAt: z.string(),
   promptSha256: z.string().length(64),
+  /** Set when the job belongs to a batch (POST /v1/batches). */
+  batchId: z.string().optional(),
+  /** Set when the job is a variant run of an A/B experiment (POST /v1/experiments). */
+  experiment: z.object({ id: z.string(), variant: z.string(), repeat: z.number().int().min(1) }).optional(),
 });
 export type StoredJobData = z.infer<typeof storedJobDataSchema>;
 
@@ -86,6 +95,8 @@ export const jobProgressSchema = z.object({
   rateLimitRequeues: z.number().int().min(0),
   /** Total spent on this job's calls so far, USD. */
   costUsd: z.number().min(0),
+  /** Set when the job was cancelled (DELETE /v1/jobs/:id); the job ends as `canceled`. */
+  canceledAt: z.string().optional(),
   /** Oldest history entries dropped to keep the record small (see MAX_HISTORY). */
   historyDropped: z.number().int().min(0).optional(),
   error: errorInfoSchema.optional(),

@@ -29,13 +29,33 @@ const base64Schema = z
   .min(4, { message: 'must be base64 image data' })
   .regex(/^[A-Za-z0-9+/]+={0,2}$/, { message: 'must be standard base64 (no data: prefix, no line breaks)' });
 
+/** http(s) URLs only; where they may point is checked at fetch time, after DNS (src/net/ssrf-guard.ts). */
+export const httpUrlSchema = z
+  .string()
+  .max(2048, { message: 'must be at most 2048 characters' })
+  .url({ message: 'must be an absolute URL' })
+  .refine((u) => /^https?:\/\//i.test(u), { message: 'must be an http:// or https:// URL' });
+
 export const inputImageSchema = z.union(
   [
     z.object({ s3Key: s3KeySchema }).strict(),
     z.object({ data: base64Schema, mimeType: z.enum(INPUT_IMAGE_MIME_TYPES) }).strict(),
+    z.object({ url: httpUrlSchema }).strict(),
   ],
-  { message: 'each input image is {s3Key} or {data, mimeType} with mimeType image/png, image/jpeg or image/webp' },
+  { message: 'each input image is {s3Key}, {url} or {data, mimeType} with mimeType image/png, image/jpeg or image/webp' },
 );
+
+export const WEBHOOK_EVENTS = ['image.succeeded', 'image.failed', 'batch.completed', 'experiment.completed'] as const;
+export type WebhookEvent = (typeof WEBHOOK_EVENTS)[number];
+
+/** Where to send events about this object; `events` filters them (all of the object's events by default). */
+export const webhookSchema = z
+  .object({
+    url: httpUrlSchema,
+    events: z.array(z.enum(WEBHOOK_EVENTS)).min(1).optional(),
+  })
+  .strict();
+export type WebhookTarget = z.infer<typeof webhookSchema>;
 export type InputImage = z.infer<typeof inputImageSchema>;
 
 const METADATA_MAX_BYTES = 4096;
@@ -57,6 +77,7 @@ export const jobRequestShape = z.object({
   idempotencyKey: z.string().min(1).max(200, { message: 'must be at most 200 characters' }).optional(),
   metadata: metadataSchema.optional(),
   deadline: z.iso.datetime({ offset: true, message: 'must be an ISO-8601 date-time such as 2026-01-31T12:00:00Z' }).optional(),
+  webhook: webhookSchema.optional(),
 });
 
 /** Premium without allowDowngrade runs on Nano Banana Pro only, which has neither 512 nor the extreme ratios. */

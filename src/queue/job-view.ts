@@ -12,7 +12,10 @@ import {
 } from '../jobs/record.js';
 import type { ObjectStore } from '../storage/object-store.js';
 
-export type JobStatus = 'queued' | 'running' | 'retrying' | 'succeeded' | 'failed';
+export type JobStatus = 'queued' | 'running' | 'retrying' | 'succeeded' | 'failed' | 'canceled';
+
+/** Statuses a job never leaves. */
+export const TERMINAL_STATUSES: readonly JobStatus[] = ['succeeded', 'failed', 'canceled'];
 
 export interface JobOutputView {
   key: string;
@@ -45,6 +48,10 @@ export interface JobView {
   degraded?: string;
   error?: ErrorInfo;
   history: HistoryEntry[];
+  /** Set when the job belongs to a batch. */
+  batchId?: string;
+  /** Set when the job is a variant run of an experiment. */
+  experiment?: { id: string; variant: string; repeat: number };
 }
 
 export interface JobViewDeps {
@@ -62,7 +69,7 @@ export interface JobViewDeps {
  * Map BullMQ's state to the public status. A job that waits after having been tried (backoff, a
  * 429 requeue, a stall) is `retrying`, not `queued`.
  */
-export function jobStatus(state: JobState, progress: Pick<JobProgress, 'history'>, job: Pick<Job, 'attemptsMade'>): JobStatus {
+export function jobStatus(state: JobState, progress: Pick<JobProgress, 'history' | 'canceledAt'>, job: Pick<Job, 'attemptsMade'>): JobStatus {
   const tried = progress.history.length > 0 || job.attemptsMade > 0;
   switch (state) {
     case 'active':
@@ -70,7 +77,7 @@ export function jobStatus(state: JobState, progress: Pick<JobProgress, 'history'
     case 'completed':
       return 'succeeded';
     case 'failed':
-      return 'failed';
+      return progress.canceledAt ? 'canceled' : 'failed';
     case 'delayed':
     case 'waiting':
     case 'prioritized':
@@ -109,6 +116,8 @@ export async function viewJob(job: Job, deps: JobViewDeps): Promise<JobView> {
     finishedAt: state === 'completed' || state === 'failed' ? isoOrNull(job.finishedOn) : null,
     route: progress.route ?? (result ? { family: result.family, model: result.model, reason: result.routingReason } : null),
     history: progress.history,
+    ...(data.data.batchId ? { batchId: data.data.batchId } : {}),
+    ...(data.data.experiment ? { experiment: data.data.experiment } : {}),
   };
 
   if (result) {

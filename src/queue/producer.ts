@@ -52,6 +52,8 @@ const JOB_ID_PATTERN = /^[A-Za-z0-9_-]{1,100}$/;
 
 type PreparedInput =
   | { kind: 's3'; index: number; s3Key: string; mimeType?: InputImageMimeType }
+  /** Fetched by the worker through the SSRF guard (the address is only known after DNS, at run time). */
+  | { kind: 'url'; index: number; url: string }
   | { kind: 'inline'; index: number; bytes: Buffer; mimeType: InputImageMimeType };
 
 export class ImageJobProducer {
@@ -197,6 +199,7 @@ export class ImageJobProducer {
     const max = this.config.INPUT_IMAGE_MAX_BYTES;
     const prepared = request.inputImages.map((img, index): PreparedInput => {
       if ('s3Key' in img) return { kind: 's3', index, s3Key: img.s3Key };
+      if ('url' in img) return { kind: 'url', index, url: img.url };
       const path = `inputImages.${index}.data`;
       // Check the size from the base64 length before decoding a huge string.
       if (decodedLength(img.data) > max) {
@@ -248,6 +251,7 @@ export class ImageJobProducer {
     return Promise.all(
       inputs.map(async (input) => {
         if (input.kind === 's3') return input.mimeType ? { s3Key: input.s3Key, mimeType: input.mimeType } : { s3Key: input.s3Key };
+        if (input.kind === 'url') return { url: input.url };
         const key = inputKey(this.config, jobId, input.index, input.mimeType);
         await this.storageOp(`store ${key}`, () => this.store.put(key, input.bytes, input.mimeType, tenantMetadata(tenant)));
         return { s3Key: key, mimeType: input.mimeType };
@@ -288,6 +292,7 @@ function storedRequest(request: JobRequest, inputImages: StoredRequest['inputIma
   if (request.idempotencyKey !== undefined) out.idempotencyKey = request.idempotencyKey;
   if (request.metadata !== undefined) out.metadata = request.metadata;
   if (request.deadline !== undefined) out.deadline = request.deadline;
+  if (request.webhook !== undefined) out.webhook = request.webhook;
   return out;
 }
 

@@ -19,7 +19,12 @@ import { IMAGE_QUEUE, BACKOFF_TYPE } from '../queue/image-queue.js';
 import type { RoutingPolicy } from '../routing/router.js';
 import { ModelStateStore } from '../state/model-state.js';
 import { createS3Store, type ObjectStore } from '../storage/object-store.js';
+import { createBatchTerminalHook } from '../batches/accounting.js';
+import { startExperimentFinisher } from '../experiments/finisher.js';
+import { createInputImageFetcher } from '../net/fetch-input-image.js';
+import { createWebhookEventHook } from '../webhooks/outbox.js';
 import { clipToDeadline, fullJitterDelay } from './backoff.js';
+import { startCancelWatcher, type CancelWatcher } from './cancel.js';
 import { createImageJobProcessor } from './process-image-job.js';
 
 /** Memory held per in-flight generation while its answer is handled (~5x a 4K image; see the anchors, A4). */
@@ -66,10 +71,15 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
   // Every in-flight job listens on it (and stops listening when it ends): not a leak, so no warning.
   setMaxListeners(0, shutdown.signal);
 
+  // Late-bound: the cancel watcher needs the Worker, the processor needs the watcher.
+  const late: { cancelWatcher?: CancelWatcher } = {};
   const processor = createImageJobProcessor({
     config, generator, store, logger, now, random, policy: deps.policy,
     modelState: new ModelStateStore(stateConnection, config, now),
     shutdownSignal: shutdown.signal,
+    terminalHooks: [createWebhookEventHook(config, stateConnection), createBatchTerminalHook(config, stateConnection)],
+    fetchInputImage: createInputImageFetcher(config),
+    isCanceled: (jobId) => late.cancelWatcher?.isCanceled(jobId) ?? Promise.resolve(false),
   });
 
   const worker = new Worker<unknown, JobResult>(IMAGE_QUEUE, processor, {
@@ -90,6 +100,9 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
     },
   });
   worker.on('error', (err) => logger.error({ err: err.message }, 'worker error'));
+  const cancelWatcher = startCancelWatcher(config, { redis: stateConnection, worker });
+  late.cancelWatcher = cancelWatcher;
+  const finisher = startExperimentFinisher(config, { connection: stateConnection, logger });
   worker.on('failed', (job: Job | undefined, err: Error) => {
     if (job && job.attemptsMade < (job.opts.attempts ?? 1) && !err.name.includes('Unrecoverable')) {
       logger.info({ jobId: job.id, attempt: job.attemptsMade, err: err.message }, 'attempt failed; retrying after backoff');
@@ -113,6 +126,8 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
           await worker.close();
         } finally {
           clearTimeout(timer);
+          await cancelWatcher.close();
+          await finisher.close();
           await generator.close();
           if (!deps.store) store.destroy();
           await stateConnection.quit().catch(() => {});

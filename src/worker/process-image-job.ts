@@ -22,6 +22,7 @@ import type { Logger } from '../logging/logger.js';
 import { CAPABILITIES, FAMILY_LABEL, pixelSize, supports, type ModelFamily } from '../models/catalogue.js';
 import { costFromUsage } from '../models/pricing.js';
 import type { GeneratedImage, ImageGenerator } from '../providers/gemini/types.js';
+import { runTerminalHooks, type TerminalHook } from '../jobs/terminal.js';
 import { route, type Candidate, type RoutingPolicy } from '../routing/router.js';
 import { nextMidnight, type ModelStateStore } from '../state/model-state.js';
 import { outputKey, tenantMetadata, type ObjectStore } from '../storage/object-store.js';
@@ -41,6 +42,12 @@ export interface ImageJobDeps {
   policy?: RoutingPolicy;
   /** Aborted when the worker's shutdown grace runs out: in-flight jobs are released, not failed. */
   shutdownSignal?: AbortSignal;
+  /** Run before a job's final state is recorded (webhooks, batch accounting); see jobs/terminal.ts. */
+  terminalHooks?: readonly TerminalHook[];
+  /** Fetches a `{url}` input image (through the SSRF guard); without it such jobs fail with INPUT_URL_REFUSED. */
+  fetchInputImage?: (url: string, signal: AbortSignal) => Promise<{ mimeType: string; data: Buffer }>;
+  /** Whether the job was cancelled while it waited (DELETE /v1/jobs/:id); checked before any call. */
+  isCanceled?: (jobId: string) => Promise<boolean>;
 }
 
 /** Thrown inside the processor to end the job for good; the code is already on the job's progress. */
@@ -61,11 +68,33 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
     progress.startedAt ??= new Date(now()).toISOString();
 
     const save = () => job.updateProgress(progress);
-    const fail = async (err: PixelmillError): Promise<never> => {
+    const hooks = deps.terminalHooks ?? [];
+    // Set once job.data is validated; the terminal hooks need it.
+    const validated: { data?: StoredJobData } = {};
+    const ended = async (status: 'failed' | 'canceled', err: PixelmillError) => {
       progress.error = err.toJSON();
+      if (status === 'canceled') progress.canceledAt ??= new Date(now()).toISOString();
       await save();
+      if (validated.data) {
+        await runTerminalHooks(hooks, {
+          jobId: String(job.id), data: validated.data, status, error: progress.error, costUsd: progress.costUsd, at: new Date(now()).toISOString(),
+        });
+      }
+    };
+    const fail = async (err: PixelmillError): Promise<never> => {
+      await ended(err.code === 'CANCELED' ? 'canceled' : 'failed', err);
       log.warn({ code: err.code, err: err.message }, 'job failed');
       throw new TerminalFailure(`${err.code}: ${err.userMessage}`);
+    };
+    /** A retryable failure: BullMQ retries it, unless this was the last attempt, which makes it final. */
+    const retryLater = async (err: PixelmillError): Promise<never> => {
+      const last = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+      if (last) await ended('failed', err);
+      else {
+        progress.error = err.toJSON();
+        await save();
+      }
+      throw err;
     };
 
     // 1. Validate where it is read: job.data is unknown until parsed.
@@ -73,8 +102,9 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
     if (!parsed.success) {
       return fail(new PixelmillError('INVALID_REQUEST', `job data is not a pixelmill job (${parsed.error.issues[0]?.path.join('.')}: ${parsed.error.issues[0]?.message})`));
     }
-    const data: StoredJobData = parsed.data;
-    const req = data.request;
+    const jobData: StoredJobData = parsed.data;
+    validated.data = jobData;
+    const req = jobData.request;
     const deadline = req.deadline ? Date.parse(req.deadline) : undefined;
     const want = pixelSize(req.size, req.aspectRatio);
 
@@ -88,12 +118,17 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
     }
 
     async function run(): Promise<JobResult> {
-      const inputs = await loadInputImages(store, data).catch(async (err: unknown) => {
+      if (deps.isCanceled && (await deps.isCanceled(String(job.id)))) {
+        return fail(new PixelmillError('CANCELED', 'the job was cancelled before it ran'));
+      }
+      let inputs: { mimeType: string; data: Buffer }[];
+      try {
+        inputs = await loadInputImages(store, jobData, combined, deps.fetchInputImage);
+      } catch (err) {
+        if (combined.aborted) return released(job, token, progress, log, deps.shutdownSignal?.aborted ? 'shutdown' : 'canceled', err);
         const e = toPixelmillError(err);
-        progress.error = e.toJSON();
-        await save();
-        throw e;
-      });
+        return e.retryable ? retryLater(e) : fail(e);
+      }
 
       for (let call = 0; call < MAX_CALLS_PER_ATTEMPT; call++) {
         if (deadline !== undefined && now() >= deadline) {
@@ -172,8 +207,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         progress.costUsd = round6(progress.costUsd + cost);
         const put = await store
           .put(key, image.bytes, image.mimeType, {
-            'job-id': String(job.id), model: candidate.modelId, 'model-version': image.modelVersion ?? '', 'prompt-sha256': data.promptSha256,
-            ...tenantMetadata(data.tenant),
+            'job-id': String(job.id), model: candidate.modelId, 'model-version': image.modelVersion ?? '', 'prompt-sha256': jobData.promptSha256,
+            ...tenantMetadata(jobData.tenant),
           })
           .catch(async (err: unknown) => {
             const e = toPixelmillError(err);
@@ -264,9 +299,15 @@ async function released(job: Job, token: string | undefined, progress: JobProgre
   throw err;
 }
 
-async function loadInputImages(store: ObjectStore, data: StoredJobData): Promise<{ mimeType: string; data: Buffer }[]> {
+async function loadInputImages(
+  store: ObjectStore, data: StoredJobData, signal: AbortSignal, fetchUrl: ImageJobDeps['fetchInputImage'],
+): Promise<{ mimeType: string; data: Buffer }[]> {
   return Promise.all(
     data.request.inputImages.map(async (img) => {
+      if ('url' in img) {
+        if (!fetchUrl) throw new PixelmillError('INPUT_URL_REFUSED', `input image URLs are not enabled in this worker (${img.url})`);
+        return fetchUrl(img.url, signal);
+      }
       const got = await store.get(img.s3Key);
       return { mimeType: img.mimeType ?? got.contentType ?? 'image/png', data: got.body };
     }),

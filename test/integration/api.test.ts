@@ -257,7 +257,7 @@ describe('POST /v1/jobs', () => {
         },
       });
       expect(res.status, JSON.stringify(res.body)).toBe(202);
-      expect(res.body.request.inputImages.map((i) => i.s3Key.split('/').pop())).toEqual(['0.jpg', '1.webp']);
+      expect(res.body.request.inputImages.map((i) => ('s3Key' in i ? i.s3Key : i.url).split('/').pop())).toEqual(['0.jpg', '1.webp']);
     });
 
     it('takes {s3Key} inputs that exist (recording their type) and names the ones that do not', async () => {
