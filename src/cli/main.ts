@@ -19,7 +19,8 @@ import { parseSimulatorArgs, startSimulator } from '../simulator/server.js';
 import { runApi } from '../../workers/api.js';
 import { runImageWorker } from '../../workers/image-worker.js';
 import { runWebhookWorker } from '../../workers/webhook-worker.js';
-import { PixelmillClient, parsePromptsFile, type JobViewLite } from './client.js';
+import { runBatchSubmit } from './batch-submit.js';
+import { PixelmillClient, parseJobsFile } from './client.js';
 import { exitOnConfigError } from './exit.js';
 
 const USAGE = `pixelmill — bulk image generation with Nano Banana 2 and Nano Banana Pro
@@ -34,8 +35,12 @@ Usage:
   pixelmill demo                      embedded stack + a few images across tiers; prints where they are; exits
   pixelmill submit "prompt" [--tier draft|standard|premium] [--size 512|1K|2K|4K] [--aspect 16:9]
                    [--priority 1-10] [--idempotency-key K] [--wait] [--out DIR]
-  pixelmill submit --file prompts.jsonl [--wait] [--out DIR]
-                                      enqueue through the API at PIXELMILL_URL (default http://127.0.0.1:8080),
+  pixelmill submit --file prompts.csv|prompts.jsonl|prompts.txt [--tier ...] [--size ...] [--skip-invalid]
+                   [--wait] [--out DIR]
+                                      the whole file as ONE batch (CSV with a header row of job fields, JSONL
+                                      one job per line, or one prompt per line); --wait shows a progress bar
+                                      and downloads the images into DIR; exit 1 when a job failed
+                                      Both enqueue through the API at PIXELMILL_URL (default http://127.0.0.1:8080),
                                       with PIXELMILL_API_KEY as bearer key when set
 
 Configuration is read from environment variables; see README.md ("Configuration").`;
@@ -144,7 +149,7 @@ async function submit(args: string[]): Promise<number> {
     options: {
       file: { type: 'string' }, tier: { type: 'string' }, size: { type: 'string' }, aspect: { type: 'string' },
       priority: { type: 'string' }, 'idempotency-key': { type: 'string' }, wait: { type: 'boolean', default: false },
-      out: { type: 'string' },
+      out: { type: 'string' }, 'skip-invalid': { type: 'boolean', default: false },
     },
   });
   const client = new PixelmillClient(process.env['PIXELMILL_URL'] || 'http://127.0.0.1:8080', process.env['PIXELMILL_API_KEY'] || undefined);
@@ -154,40 +159,30 @@ async function submit(args: string[]): Promise<number> {
     ...(values.aspect ? { aspectRatio: values.aspect as JobRequestInput['aspectRatio'] } : {}),
     ...(values.priority ? { priority: Number(values.priority) } : {}),
   };
-  let jobs: JobRequestInput[];
   if (values.file) {
-    jobs = parsePromptsFile(await readFile(values.file, 'utf8')).map(({ job }) => ({ ...common, ...job }));
-  } else if (positionals.length > 0) {
-    jobs = [{ ...common, prompt: positionals.join(' '), ...(values['idempotency-key'] ? { idempotencyKey: values['idempotency-key'] } : {}) }];
-  } else {
-    console.error('pixelmill submit: give a prompt or --file prompts.jsonl');
+    // The whole file is one batch; the command-line fields are its defaults (a file's own fields win).
+    return runBatchSubmit({
+      client, jobs: parseJobsFile(await readFile(values.file, 'utf8'), values.file), defaults: common,
+      skipInvalid: values['skip-invalid'], wait: values.wait, ...(values.out ? { out: values.out } : {}), stdout: process.stdout,
+    });
+  }
+  if (positionals.length === 0) {
+    console.error('pixelmill submit: give a prompt or --file prompts.jsonl|prompts.csv|prompts.txt');
     return 2;
   }
-
-  const submitted: JobViewLite[] = [];
-  for (const job of jobs) {
-    const view = await client.submit(job);
-    submitted.push(view);
-    console.log(`queued ${view.id}  ${job.prompt.slice(0, 60)}`);
-  }
+  const job: JobRequestInput = { ...common, prompt: positionals.join(' '), ...(values['idempotency-key'] ? { idempotencyKey: values['idempotency-key'] } : {}) };
+  const view = await client.submit(job);
+  console.log(`queued ${view.id}  ${job.prompt.slice(0, 60)}`);
   if (!values.wait) return 0;
 
-  let finished = 0;
-  const done = await client.waitAll(submitted.map((j) => j.id), (j) => {
-    if (j.status === 'succeeded' || j.status === 'failed') finished += 1;
-    console.log(`[${finished}/${submitted.length}] ${j.id} ${j.status}${j.route ? ` (${j.route.model})` : ''}`);
-  });
-  let failures = 0;
-  for (const job of done) {
-    if (job.status === 'succeeded' && job.output) {
-      const where = values.out ? await client.download(job, values.out) : job.output.url;
-      console.log(`✓ ${job.id} ${job.output.key} ${job.output.width}x${job.output.height}\n  open: ${where}`);
-    } else {
-      failures += 1;
-      console.log(`✗ ${job.id} ${job.error?.code}: ${job.error?.message}`);
-    }
+  const [done] = await client.waitAll([view.id], (j) => console.log(`${j.id} ${j.status}${j.route ? ` (${j.route.model})` : ''}`));
+  if (done?.status === 'succeeded' && done.output) {
+    const where = values.out ? await client.download(done, values.out) : done.output.url;
+    console.log(`✓ ${done.id} ${done.output.key} ${done.output.width}x${done.output.height}\n  open: ${where}`);
+    return 0;
   }
-  return failures === 0 ? 0 : 1;
+  console.log(`✗ ${view.id} ${done?.status} ${done?.error?.code ?? ''}: ${done?.error?.message ?? ''}`);
+  return 1;
 }
 
 function onStop(stop: () => Promise<void>): void {

@@ -15,6 +15,7 @@ import { createLogger, type Logger } from '../logging/logger.js';
 import { startSimulator, type RunningSimulator } from '../simulator/server.js';
 import { createS3Store } from '../storage/object-store.js';
 import { startImageWorker, type RunningImageWorker } from '../worker/image-worker.js';
+import { startWebhookWorker } from '../webhooks/worker.js';
 import { startRedisServer, type EmbeddedRedis } from './redis-server.js';
 import { S3RVER_CREDENTIALS, startS3Server, type EmbeddedS3 } from './s3-server.js';
 
@@ -98,6 +99,8 @@ export async function startEmbeddedStack(opts: EmbeddedStackOptions): Promise<Em
     const worker: RunningImageWorker = startImageWorker(config, { logger });
     // A dev stack stops at once: in-flight simulated jobs are released, not waited for.
     stops.push(() => worker.close(1_000));
+    const webhookWorker = startWebhookWorker(config, { logger });
+    stops.push(() => webhookWorker.close(true));
     say(`api        ${api.url}   (try: curl -s ${api.url}/healthz)`);
     say(`worker     concurrency ${worker.concurrency}`);
 

@@ -112,6 +112,22 @@ export const ERROR_CATALOGUE = {
     retryable: true, consumesAttempt: false, mayTryFallback: false, httpStatus: 503,
     hint: 'Object storage is unreachable, so nothing was stored; retry the request.',
   },
+  BATCH_TOO_LARGE: {
+    retryable: false, consumesAttempt: false, mayTryFallback: false, httpStatus: 413,
+    hint: 'Split the batch: at most 10000 jobs as JSON or 100000 lines as NDJSON (Content-Type: application/x-ndjson) per request.',
+  },
+  BATCH_STORING: {
+    retryable: true, consumesAttempt: false, mayTryFallback: false, httpStatus: 409,
+    hint: 'The batch is still being stored; retry in a moment.',
+  },
+  BATCH_PARTIALLY_STORED: {
+    retryable: true, consumesAttempt: false, mayTryFallback: false, httpStatus: 503,
+    hint: 'Some of the batch stayed stored and could not be removed; DELETE /v1/batches/{id} cancels them, then submit the batch again.',
+  },
+  NOT_CANCELABLE: {
+    retryable: false, consumesAttempt: false, mayTryFallback: false, httpStatus: 409,
+    hint: 'The job already finished (succeeded or failed); only queued, retrying or running jobs can be cancelled.',
+  },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOGUE;

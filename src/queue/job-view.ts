@@ -82,6 +82,8 @@ export function jobStatus(state: JobState, progress: Pick<JobProgress, 'history'
     case 'waiting':
     case 'prioritized':
     case 'waiting-children':
+      // A cancelled flow child waits for a worker to end it (queue/cancel.ts): it is canceled already.
+      if (progress.canceledAt) return 'canceled';
       return tried ? 'retrying' : 'queued';
   }
 }
@@ -138,6 +140,9 @@ export async function viewJob(job: Job, deps: JobViewDeps): Promise<JobView> {
   }
   if (status === 'failed') {
     view.error = progress.error ?? { code: 'INTERNAL', message: job.failedReason || 'the job failed without a reason', retryable: false };
+  }
+  if (status === 'canceled') {
+    view.error = progress.error?.code === 'CANCELED' ? progress.error : new PixelmillError('CANCELED', 'the job was cancelled').toJSON();
   }
   return view;
 }

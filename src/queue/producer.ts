@@ -7,6 +7,10 @@
  *   queue/connection.ts), and image bytes never enter Redis;
  * - one idempotencyKey (per tenant) makes at most one job: its job id is derived from the key, and a
  *   marker `{jobId}|{requestHash}` remembers which request the key belongs to.
+ *
+ * The steps of a submission (validate, inspect inputs, check referenced objects, store inline inputs,
+ * build the stored data) are also exported as functions: batches (src/batches/) run the same steps
+ * per job and report problems per job instead of throwing.
  */
 import { createHash } from 'node:crypto';
 import type { Job, JobState, Queue } from 'bullmq';
@@ -19,6 +23,7 @@ import {
   INPUT_IMAGE_MIME_TYPES, jobRequestSchema, zodIssues, type FieldIssue, type InputImageMimeType, type JobRequest,
 } from '../jobs/request.js';
 import { inputKey, tenantMetadata, type ObjectStore } from '../storage/object-store.js';
+import { assertWebhooksEnabled } from '../webhooks/outbox.js';
 import { IMAGE_JOB_NAME, idempotentJobId, imageJobOptions, keys, newJobId } from './image-queue.js';
 import { viewJob, type JobView } from './job-view.js';
 
@@ -50,7 +55,7 @@ const TYPE_LABEL: Record<string, string> = { png: 'PNG', jpg: 'JPEG', webp: 'Web
 /** Job ids we hand out (newJobId / idempotentJobId); anything else cannot be ours. */
 const JOB_ID_PATTERN = /^[A-Za-z0-9_-]{1,100}$/;
 
-type PreparedInput =
+export type PreparedInput =
   | { kind: 's3'; index: number; s3Key: string; mimeType?: InputImageMimeType }
   /** Fetched by the worker through the SSRF guard (the address is only known after DNS, at run time). */
   | { kind: 'url'; index: number; url: string }
@@ -75,6 +80,8 @@ export class ImageJobProducer {
 
   async submit(input: unknown, tenant: string | null): Promise<SubmitResult> {
     const { request, lateDeadline } = this.validate(input);
+    // Deliveries are never sent unsigned: no WEBHOOK_SECRET, no webhook.
+    if (request.webhook) assertWebhooksEnabled(this.config);
     const inputs = this.prepareInputs(request);
     const requestHash = sha256Hex(canonicalJson(request));
     const key = request.idempotencyKey;
@@ -115,13 +122,7 @@ export class ImageJobProducer {
     // Reached with created=false only when the marker exists but its job does not (a crash or an
     // outage between SET and add): adding now is safe because the job id is derived from the key.
     const storedInputs = await this.storeInputs(jobId, inputs, tenant);
-    const data: StoredJobData = storedJobDataSchema.parse({
-      v: STORED_JOB_VERSION,
-      tenant,
-      request: storedRequest(request, storedInputs),
-      createdAt: new Date(this.now()).toISOString(),
-      promptSha256: sha256Hex(request.prompt),
-    });
+    const data: StoredJobData = buildStoredJobData(request, storedInputs, tenant, this.now());
     const job = await this.redisOp('add job', () =>
       this.queue.add(IMAGE_JOB_NAME, data, imageJobOptions(this.config, jobId, request.priority)),
     );
@@ -178,104 +179,162 @@ export class ImageJobProducer {
    * retry of an accepted request can still be answered with its job.
    */
   private validate(input: unknown): { request: JobRequest; lateDeadline?: FieldIssue } {
-    const parsed = jobRequestSchema.safeParse(input);
-    const issues: FieldIssue[] = parsed.success ? [] : zodIssues(parsed.error);
-    let lateDeadline: FieldIssue | undefined;
-    const deadline = (input as { deadline?: unknown } | null | undefined)?.deadline;
-    if (typeof deadline === 'string' && !issues.some((i) => i.path === 'deadline')) {
-      const at = Date.parse(deadline);
-      if (Number.isFinite(at) && at <= this.now()) {
-        lateDeadline = { path: 'deadline', message: `${deadline} is in the past; give a deadline after the current time` };
-      }
-    }
-    if (!parsed.success) throw invalidRequest(lateDeadline ? [...issues, lateDeadline] : issues);
-    return lateDeadline ? { request: parsed.data, lateDeadline } : { request: parsed.data };
+    const checked = validateJobRequest(input, this.now());
+    if (!checked.request) throw invalidRequest(checked.lateDeadline ? [...checked.issues, checked.lateDeadline] : checked.issues);
+    return checked.lateDeadline ? { request: checked.request, lateDeadline: checked.lateDeadline } : { request: checked.request };
   }
 
   /** Decode inline images and check them (type by magic bytes, size); pure CPU, no I/O. */
   private prepareInputs(request: JobRequest): PreparedInput[] {
-    const issues: FieldIssue[] = [];
-    const tooLarge: FieldIssue[] = [];
-    const max = this.config.INPUT_IMAGE_MAX_BYTES;
-    const prepared = request.inputImages.map((img, index): PreparedInput => {
-      if ('s3Key' in img) return { kind: 's3', index, s3Key: img.s3Key };
-      if ('url' in img) return { kind: 'url', index, url: img.url };
-      const path = `inputImages.${index}.data`;
-      // Check the size from the base64 length before decoding a huge string.
-      if (decodedLength(img.data) > max) {
-        tooLarge.push({ path, message: `decodes to more than INPUT_IMAGE_MAX_BYTES (${max} bytes)` });
-        return { kind: 'inline', index, bytes: Buffer.alloc(0), mimeType: img.mimeType };
-      }
-      const bytes = Buffer.from(img.data, 'base64');
-      const problem = typeProblem(bytes, img.mimeType);
-      if (problem) issues.push({ path, message: problem });
-      return { kind: 'inline', index, bytes, mimeType: img.mimeType };
-    });
+    const { inputs, issues, tooLarge } = inspectInputImages(request, this.config.INPUT_IMAGE_MAX_BYTES);
     if (issues.length > 0) throw invalidRequest([...issues, ...tooLarge]);
     if (tooLarge.length > 0) {
       throw new PixelmillError('PAYLOAD_TOO_LARGE', `${tooLarge.map((i) => `${i.path} ${i.message}`).join('; ')}`, {
         details: { issues: tooLarge },
       });
     }
-    return prepared;
+    return inputs;
   }
 
-  /**
-   * {s3Key} inputs must exist now; finding out at run time would waste a queue slot and a retry budget.
-   * With tenants, a key must belong to the caller: an object pixelmill wrote for that tenant (its
-   * `tenant` metadata), or one under `{S3_KEY_PREFIX}/uploads/{tenant}/`. Anything else is answered
-   * like a missing object, so other tenants' keys are not even confirmed to exist.
-   */
   private async checkReferencedInputs(inputs: PreparedInput[], tenant: string | null): Promise<void> {
-    const refs = inputs.filter((i): i is Extract<PreparedInput, { kind: 's3' }> => i.kind === 's3');
-    const heads = await Promise.all(
-      refs.map(async (ref) => ({ ref, head: await this.storageOp(`check ${ref.s3Key}`, () => this.store.head(ref.s3Key)) })),
-    );
-    const uploads = [this.config.S3_KEY_PREFIX, 'uploads', tenant ?? ''].filter(Boolean).join('/') + '/';
-    const usable = (h: (typeof heads)[number]) =>
-      h.head !== undefined && (tenant === null || h.head.metadata['tenant'] === tenant || h.ref.s3Key.startsWith(uploads));
-    const missing = heads.filter((h) => !usable(h));
-    if (missing.length > 0) {
-      throw invalidRequest(
-        missing.map((m) => ({ path: `inputImages.${m.ref.index}.s3Key`, message: `no object ${m.ref.s3Key} in bucket ${this.store.bucket}` })),
-      );
-    }
-    for (const h of heads) {
-      const type = h.head?.contentType?.split(';')[0]?.trim();
-      // Known types are recorded so the worker need not ask again; others are read at run time.
-      if (type && (INPUT_IMAGE_MIME_TYPES as readonly string[]).includes(type)) h.ref.mimeType = type as InputImageMimeType;
-    }
+    const missing = await referencedInputIssues(this.config, this.store, inputs, tenant);
+    if (missing.length > 0) throw invalidRequest(missing);
   }
 
   private async storeInputs(jobId: string, inputs: PreparedInput[], tenant: string | null): Promise<StoredRequest['inputImages']> {
-    return Promise.all(
-      inputs.map(async (input) => {
-        if (input.kind === 's3') return input.mimeType ? { s3Key: input.s3Key, mimeType: input.mimeType } : { s3Key: input.s3Key };
-        if (input.kind === 'url') return { url: input.url };
-        const key = inputKey(this.config, jobId, input.index, input.mimeType);
-        await this.storageOp(`store ${key}`, () => this.store.put(key, input.bytes, input.mimeType, tenantMetadata(tenant)));
-        return { s3Key: key, mimeType: input.mimeType };
-      }),
-    );
+    return storeInputImages(this.config, this.store, jobId, inputs, tenant);
   }
 
-  private async redisOp<T>(what: string, op: () => Promise<T>): Promise<T> {
-    try {
-      await redisReady(this.redis, this.redisTimeoutMs);
-      return await withTimeout(op(), this.redisTimeoutMs, what);
-    } catch (err) {
-      if (isPixelmillError(err)) throw err;
-      throw queueUnavailable(what, err);
+  private redisOp<T>(what: string, op: () => Promise<T>): Promise<T> {
+    return redisOperation(this.redis, this.redisTimeoutMs, what, op);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The steps of a submission, shared with batches.
+
+/**
+ * Validate one job request: schema issues, and separately a deadline already in the past (see
+ * ImageJobProducer.validate for why). `request` is set when the schema accepted it.
+ */
+export function validateJobRequest(input: unknown, nowMs: number): { request?: JobRequest; issues: FieldIssue[]; lateDeadline?: FieldIssue } {
+  const parsed = jobRequestSchema.safeParse(input);
+  const issues: FieldIssue[] = parsed.success ? [] : zodIssues(parsed.error);
+  let lateDeadline: FieldIssue | undefined;
+  const deadline = (input as { deadline?: unknown } | null | undefined)?.deadline;
+  if (typeof deadline === 'string' && !issues.some((i) => i.path === 'deadline')) {
+    const at = Date.parse(deadline);
+    if (Number.isFinite(at) && at <= nowMs) {
+      lateDeadline = { path: 'deadline', message: `${deadline} is in the past; give a deadline after the current time` };
     }
   }
+  return {
+    issues,
+    ...(parsed.success ? { request: parsed.data } : {}),
+    ...(lateDeadline ? { lateDeadline } : {}),
+  };
+}
 
-  private async storageOp<T>(what: string, op: () => Promise<T>): Promise<T> {
-    try {
-      return await op();
-    } catch (err) {
-      const reason = err instanceof Error ? err.message : String(err);
-      throw new PixelmillError('STORAGE_UNAVAILABLE', `Object storage failed to ${what}: ${reason}`, { cause: err });
+/**
+ * Decode inline images and check them (type by magic bytes, size); pure CPU, no I/O. `issues` are
+ * invalid images, `tooLarge` images over INPUT_IMAGE_MAX_BYTES (a 413 for a single job).
+ */
+export function inspectInputImages(request: JobRequest, maxBytes: number): { inputs: PreparedInput[]; issues: FieldIssue[]; tooLarge: FieldIssue[] } {
+  const issues: FieldIssue[] = [];
+  const tooLarge: FieldIssue[] = [];
+  const inputs = request.inputImages.map((img, index): PreparedInput => {
+    if ('s3Key' in img) return { kind: 's3', index, s3Key: img.s3Key };
+    if ('url' in img) return { kind: 'url', index, url: img.url };
+    const path = `inputImages.${index}.data`;
+    // Check the size from the base64 length before decoding a huge string.
+    if (decodedLength(img.data) > maxBytes) {
+      tooLarge.push({ path, message: `decodes to more than INPUT_IMAGE_MAX_BYTES (${maxBytes} bytes)` });
+      return { kind: 'inline', index, bytes: Buffer.alloc(0), mimeType: img.mimeType };
     }
+    const bytes = Buffer.from(img.data, 'base64');
+    const problem = typeProblem(bytes, img.mimeType);
+    if (problem) issues.push({ path, message: problem });
+    return { kind: 'inline', index, bytes, mimeType: img.mimeType };
+  });
+  return { inputs, issues, tooLarge };
+}
+
+export type HeadObject = ObjectStore['head'];
+
+/**
+ * {s3Key} inputs must exist now; finding out at run time would waste a queue slot and a retry budget.
+ * With tenants, a key must belong to the caller: an object pixelmill wrote for that tenant (its
+ * `tenant` metadata), or one under `{S3_KEY_PREFIX}/uploads/{tenant}/`. Anything else is answered
+ * like a missing object, so other tenants' keys are not even confirmed to exist.
+ *
+ * Returns the issues (empty when all are usable) and records known image types on the inputs so the
+ * worker need not ask again. `head` defaults to the store's; batches pass a cached one (one HEAD per key).
+ */
+export async function referencedInputIssues(
+  config: Config, store: ObjectStore, inputs: PreparedInput[], tenant: string | null, head: HeadObject = (key) => store.head(key),
+): Promise<FieldIssue[]> {
+  const refs = inputs.filter((i): i is Extract<PreparedInput, { kind: 's3' }> => i.kind === 's3');
+  const heads = await Promise.all(
+    refs.map(async (ref) => ({ ref, head: await storageOp(`check ${ref.s3Key}`, () => head(ref.s3Key)) })),
+  );
+  const uploads = [config.S3_KEY_PREFIX, 'uploads', tenant ?? ''].filter(Boolean).join('/') + '/';
+  const usable = (h: (typeof heads)[number]) =>
+    h.head !== undefined && (tenant === null || h.head.metadata['tenant'] === tenant || h.ref.s3Key.startsWith(uploads));
+  const missing = heads.filter((h) => !usable(h));
+  for (const h of heads) {
+    const type = h.head?.contentType?.split(';')[0]?.trim();
+    if (type && (INPUT_IMAGE_MIME_TYPES as readonly string[]).includes(type)) h.ref.mimeType = type as InputImageMimeType;
+  }
+  return missing.map((m) => ({ path: `inputImages.${m.ref.index}.s3Key`, message: `no object ${m.ref.s3Key} in bucket ${store.bucket}` }));
+}
+
+/** Copy inline inputs to the bucket under the job's id; returns the stored form of every input. */
+export async function storeInputImages(
+  config: Config, store: ObjectStore, jobId: string, inputs: PreparedInput[], tenant: string | null,
+): Promise<StoredRequest['inputImages']> {
+  return Promise.all(
+    inputs.map(async (input) => {
+      if (input.kind === 's3') return input.mimeType ? { s3Key: input.s3Key, mimeType: input.mimeType } : { s3Key: input.s3Key };
+      if (input.kind === 'url') return { url: input.url };
+      const key = inputKey(config, jobId, input.index, input.mimeType);
+      await storageOp(`store ${key}`, () => store.put(key, input.bytes, input.mimeType, tenantMetadata(tenant)));
+      return { s3Key: key, mimeType: input.mimeType };
+    }),
+  );
+}
+
+/** The BullMQ job data of a validated request (schema-checked, so a bad record is never stored). */
+export function buildStoredJobData(
+  request: JobRequest, inputImages: StoredRequest['inputImages'], tenant: string | null, nowMs: number, extra: { batchId?: string } = {},
+): StoredJobData {
+  return storedJobDataSchema.parse({
+    v: STORED_JOB_VERSION,
+    tenant,
+    request: storedRequest(request, inputImages),
+    createdAt: new Date(nowMs).toISOString(),
+    promptSha256: sha256Hex(request.prompt),
+    ...(extra.batchId !== undefined ? { batchId: extra.batchId } : {}),
+  });
+}
+
+/** Run a Redis operation with a readiness check and a time limit; failures become QUEUE_UNAVAILABLE. */
+export async function redisOperation<T>(redis: Redis, timeoutMs: number, what: string, op: () => Promise<T>): Promise<T> {
+  try {
+    await redisReady(redis, timeoutMs);
+    return await withTimeout(op(), timeoutMs, what);
+  } catch (err) {
+    if (isPixelmillError(err)) throw err;
+    throw queueUnavailable(what, err);
+  }
+}
+
+/** Run an object storage operation; failures become STORAGE_UNAVAILABLE. */
+export async function storageOp<T>(what: string, op: () => Promise<T>): Promise<T> {
+  try {
+    return await op();
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new PixelmillError('STORAGE_UNAVAILABLE', `Object storage failed to ${what}: ${reason}`, { cause: err });
   }
 }
 
@@ -296,7 +355,7 @@ function storedRequest(request: JobRequest, inputImages: StoredRequest['inputIma
   return out;
 }
 
-function invalidRequest(issues: FieldIssue[]): PixelmillError {
+export function invalidRequest(issues: FieldIssue[]): PixelmillError {
   const summary = issues.map((i) => `${i.path}: ${i.message}`).join('; ');
   return new PixelmillError('INVALID_REQUEST', `Invalid job request (${summary})`, { details: { issues } });
 }

@@ -11,6 +11,7 @@ import { Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Config } from '../config/env.js';
 import type { JobResult } from '../jobs/record.js';
+import type { TerminalHook } from '../jobs/terminal.js';
 import { createLogger, type Logger } from '../logging/logger.js';
 import { GeminiClient } from '../providers/gemini/client.js';
 import type { ImageGenerator } from '../providers/gemini/types.js';
@@ -44,6 +45,8 @@ export interface ImageWorkerDeps {
   now: () => number;
   random: () => number;
   policy: RoutingPolicy;
+  /** Replaces the production terminal hooks (webhook outbox, batch accounting); tests record with it. */
+  terminalHooks: readonly TerminalHook[];
 }
 
 export interface RunningImageWorker {
@@ -77,7 +80,7 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
     config, generator, store, logger, now, random, policy: deps.policy,
     modelState: new ModelStateStore(stateConnection, config, now),
     shutdownSignal: shutdown.signal,
-    terminalHooks: [createWebhookEventHook(config, stateConnection), createBatchTerminalHook(config, stateConnection)],
+    terminalHooks: deps.terminalHooks ?? [createWebhookEventHook(config, stateConnection), createBatchTerminalHook(config, stateConnection)],
     fetchInputImage: createInputImageFetcher(config),
     isCanceled: (jobId) => late.cancelWatcher?.isCanceled(jobId) ?? Promise.resolve(false),
   });

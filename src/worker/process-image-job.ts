@@ -111,6 +111,12 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
     // One signal for the upstream call: the job's cancellation or the worker's shutdown, whichever comes first.
     const link = linkSignals([signal, deps.shutdownSignal]);
     const combined = link.signal;
+    /** The job's own signal aborted (DELETE /v1/jobs/:id reached this worker), not a shutdown. */
+    const canceled = () => signal?.aborted === true && deps.shutdownSignal?.aborted !== true;
+    const canceledWhileRunning = () => fail(new PixelmillError('CANCELED', 'the job was cancelled while it ran'));
+    /** An aborted call: a cancellation ends the job as CANCELED; a shutdown hands it back. */
+    const stopped = (): Promise<never> =>
+      canceled() ? canceledWhileRunning() : released(job, token, progress, log);
     try {
       return await run();
     } finally {
@@ -125,12 +131,13 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
       try {
         inputs = await loadInputImages(store, jobData, combined, deps.fetchInputImage);
       } catch (err) {
-        if (combined.aborted) return released(job, token, progress, log, deps.shutdownSignal?.aborted ? 'shutdown' : 'canceled', err);
+        if (combined.aborted) return stopped();
         const e = toPixelmillError(err);
         return e.retryable ? retryLater(e) : fail(e);
       }
 
       for (let call = 0; call < MAX_CALLS_PER_ATTEMPT; call++) {
+        if (canceled()) return canceledWhileRunning();
         if (deadline !== undefined && now() >= deadline) {
           return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} passed after ${progress.history.length} call(s)`));
         }
@@ -178,7 +185,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
             inputImages: inputs, timeoutMs: budget, signal: combined,
           });
         } catch (err) {
-          if (combined.aborted) return released(job, token, progress, log, deps.shutdownSignal?.aborted ? 'shutdown' : 'canceled', err);
+          if (combined.aborted) return stopped();
           const e = toPixelmillError(err);
           const latencyMs = now() - started;
           const usage = e.details['usage'] as Usage | undefined;
@@ -205,6 +212,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         const latencyMs = image.latencyMs;
         const cost = costFromUsage(candidate.family, image.usage);
         progress.costUsd = round6(progress.costUsd + cost);
+        // Cancelled while the answer came in: the call is paid for, but nothing is stored.
+        if (canceled()) return canceledWhileRunning();
         const put = await store
           .put(key, image.bytes, image.mimeType, {
             'job-id': String(job.id), model: candidate.modelId, 'model-version': image.modelVersion ?? '', 'prompt-sha256': jobData.promptSha256,
@@ -223,13 +232,18 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
 
         const degraded = describeDegradation(image, candidate.family, want);
         log.info({ key, bytes: put.bytes, latencyMs, costUsd: cost, degraded }, 'image stored');
-        return {
+        const result: JobResult = {
           v: 1, key, bytes: put.bytes, sha256: put.sha256, width: image.width, height: image.height, mimeType: image.mimeType,
           family: candidate.family, model: candidate.modelId, modelVersion: image.modelVersion, responseId: image.responseId,
           finishReason: image.finishReason, routingReason: candidate.reason, usage: image.usage, costUsd: cost,
           totalCostUsd: progress.costUsd, attempts: attempt, upstreamLatencyMs: latencyMs,
           ...(degraded ? { degraded } : {}),
         };
+        // Outbox first: the hooks (webhook, batch accounting) run before BullMQ records the result.
+        await runTerminalHooks(hooks, {
+          jobId: String(job.id), data: jobData, status: 'succeeded', result, costUsd: progress.costUsd, at: new Date(now()).toISOString(),
+        });
+        return result;
       }
       throw new PixelmillError('INTERNAL', `more than ${MAX_CALLS_PER_ATTEMPT} upstream calls in one attempt`);
     }
@@ -284,19 +298,16 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
 }
 
 /**
- * The call was aborted by a cancellation or by the end of the shutdown grace. On shutdown the job is
- * handed back (delayed until now, no attempt consumed) so another worker takes it at once instead of
- * waiting for the stalled-job check.
+ * The call was aborted because the worker's shutdown grace ran out: the job is handed back (delayed
+ * until now, no attempt consumed) so another worker takes it at once instead of waiting for the
+ * stalled-job check. (A cancellation ends the job as CANCELED instead; see `fail`.)
  */
-async function released(job: Job, token: string | undefined, progress: JobProgress, log: Logger, why: 'shutdown' | 'canceled', err: unknown): Promise<never> {
-  if (why === 'shutdown') {
-    appendHistory(progress, { attempt: job.attemptsMade + 1, model: progress.route?.model ?? null, family: progress.route?.family ?? null, outcome: 'released', latencyMs: 0, at: new Date().toISOString(), reason: 'worker shutting down' });
-    await job.updateProgress(progress);
-    await job.moveToDelayed(Date.now(), token);
-    log.info('released to another worker (shutdown)');
-    throw new DelayedError();
-  }
-  throw err;
+async function released(job: Job, token: string | undefined, progress: JobProgress, log: Logger): Promise<never> {
+  appendHistory(progress, { attempt: job.attemptsMade + 1, model: progress.route?.model ?? null, family: progress.route?.family ?? null, outcome: 'released', latencyMs: 0, at: new Date().toISOString(), reason: 'worker shutting down' });
+  await job.updateProgress(progress);
+  await job.moveToDelayed(Date.now(), token);
+  log.info('released to another worker (shutdown)');
+  throw new DelayedError();
 }
 
 async function loadInputImages(
