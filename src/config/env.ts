@@ -4,6 +4,7 @@
  *
  * Every variable is documented in README.md ("Configuration"); keep the two in step.
  */
+import ipaddr from 'ipaddr.js';
 import { z } from 'zod';
 import { parsePeakWindows, type PeakWindow } from '../routing/peak-windows.js';
 
@@ -81,7 +82,7 @@ const webhookSecrets = z.string().transform((s, ctx) => {
 const cidrList = z.string().transform((s, ctx) => {
   const cidrs = s.split(',').map((x) => x.trim()).filter(Boolean);
   for (const c of cidrs) {
-    if (!/^[0-9a-fA-F:.]+\/\d{1,3}$/.test(c)) {
+    if (!ipaddr.isValidCIDR(c)) {
       ctx.addIssue({ code: 'custom', message: `"${c}" is not a CIDR such as 10.0.0.0/8 or fd00::/8` });
       return z.NEVER;
     }

@@ -78,6 +78,10 @@ export const ERROR_CATALOGUE = {
     retryable: true, consumesAttempt: true, mayTryFallback: false, httpStatus: 502,
     hint: 'Fetching an input image failed (status, timeout, size over INPUT_URL_MAX_BYTES, or not a PNG/JPEG/WebP); check that the URL serves the image.',
   },
+  INPUT_IMAGE_UNUSABLE: {
+    retryable: false, consumesAttempt: true, mayTryFallback: false, httpStatus: 422,
+    hint: 'The input image URL answered 4xx, redirected badly, is over INPUT_URL_MAX_BYTES or is not a PNG/JPEG/WebP; fix the URL and submit again.',
+  },
   CANCELED: {
     retryable: false, consumesAttempt: false, mayTryFallback: false, httpStatus: 409,
     hint: 'The job was cancelled on request; submit it again to generate the image.',

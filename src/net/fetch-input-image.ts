@@ -10,8 +10,9 @@
  * - The body is streamed and the stream aborted as soon as it passes INPUT_URL_MAX_BYTES (a lying or
  *   missing Content-Length cannot make us buffer more).
  * - The type comes from the first bytes (PNG, JPEG, WebP), never from Content-Type.
- * Any other failure (status, timeout, size, type, DNS, connection) is INPUT_FETCH_FAILED naming the URL
- * and the rule; that code is retryable, so transient outages get the job's normal retries.
+ * A failure that may pass on a retry (timeout, 5xx, 408/429, DNS, connection) is INPUT_FETCH_FAILED; one that
+ * never will (other 4xx, size, type, redirect rules) is INPUT_IMAGE_UNUSABLE; both name the URL
+ * and the rule. Only INPUT_FETCH_FAILED is retried (with the job's normal backoff).
  */
 import { request, type Dispatcher } from 'undici';
 import type { Config } from '../config/env.js';
@@ -34,8 +35,11 @@ export function createInputImageFetcher(config: Config, opts: InputImageFetcherO
   return async (url, signal) => {
     const timeout = AbortSignal.timeout(config.INPUT_URL_TIMEOUT_MS);
     const combined = AbortSignal.any([signal, timeout]);
+    // Transient problems (timeouts, 5xx, connections) may pass on a retry; the rest never will.
     const failed = (rule: string, cause?: unknown) =>
       new PixelmillError('INPUT_FETCH_FAILED', `input image ${shown(url)}: ${rule}`, { cause, details: { url: shown(url) } });
+    const unusable = (rule: string) =>
+      new PixelmillError('INPUT_IMAGE_UNUSABLE', `input image ${shown(url)}: ${rule}`, { details: { url: shown(url) } });
 
     let current = url;
     for (let hop = 0; ; hop++) {
@@ -60,20 +64,21 @@ export function createInputImageFetcher(config: Config, opts: InputImageFetcherO
         await res.body.dump().catch(() => {});
         const location = res.headers['location'];
         const target = typeof location === 'string' ? safeUrl(location, current) : undefined;
-        if (!target) throw failed(`answered HTTP ${res.statusCode} without a usable Location`);
-        if (hop >= MAX_REDIRECTS) throw failed(`more than ${MAX_REDIRECTS} redirects`);
-        if (!/^https?:$/.test(target.protocol)) throw failed(`redirects to a ${target.protocol} URL (only http and https are fetched)`);
+        if (!target) throw unusable(`answered HTTP ${res.statusCode} without a usable Location`);
+        if (hop >= MAX_REDIRECTS) throw unusable(`more than ${MAX_REDIRECTS} redirects`);
+        if (!/^https?:$/.test(target.protocol)) throw unusable(`redirects to a ${target.protocol} URL (only http and https are fetched)`);
         current = target.href;
         continue;
       }
       if (res.statusCode < 200 || res.statusCode >= 300) {
         await res.body.dump().catch(() => {});
-        throw failed(`answered HTTP ${res.statusCode} (a 2xx with the image is expected)`);
+        const rule = `answered HTTP ${res.statusCode} (a 2xx with the image is expected)`;
+        throw res.statusCode >= 500 || res.statusCode === 408 || res.statusCode === 429 ? failed(rule) : unusable(rule);
       }
       const declared = Number(res.headers['content-length']);
       if (Number.isFinite(declared) && declared > maxBytes) {
         discard(res.body);
-        throw failed(`is ${declared} bytes, over INPUT_URL_MAX_BYTES (${maxBytes})`);
+        throw unusable(`is ${declared} bytes, over INPUT_URL_MAX_BYTES (${maxBytes})`);
       }
 
       const chunks: Buffer[] = [];
@@ -83,7 +88,7 @@ export function createInputImageFetcher(config: Config, opts: InputImageFetcherO
           total += chunk.length;
           if (total > maxBytes) {
             discard(res.body);
-            throw failed(`is over INPUT_URL_MAX_BYTES (${maxBytes} bytes)`);
+            throw unusable(`is over INPUT_URL_MAX_BYTES (${maxBytes} bytes)`);
           }
           chunks.push(chunk);
         }
@@ -95,7 +100,7 @@ export function createInputImageFetcher(config: Config, opts: InputImageFetcherO
       }
       const data = Buffer.concat(chunks, total);
       const mimeType = sniffImageType(data);
-      if (!mimeType) throw failed('is not a PNG, JPEG or WebP image (checked by its first bytes)');
+      if (!mimeType) throw unusable('is not a PNG, JPEG or WebP image (checked by its first bytes)');
       return { mimeType, data };
     }
   };

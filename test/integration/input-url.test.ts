@@ -103,7 +103,7 @@ describe('input image fetcher', () => {
   it('follows up to 3 redirects, each hop through the guard', async () => {
     expect((await fetchAllowed(`${base}/hop/2`, new AbortController().signal)).mimeType).toBe('image/png');
     const tooMany = await failure(fetchAllowed, `${base}/hop/3`);
-    expect(tooMany.code).toBe('INPUT_FETCH_FAILED');
+    expect(tooMany.code).toBe('INPUT_IMAGE_UNUSABLE');
     expect(tooMany.message).toMatch(/more than 3 redirects/);
     const toMetadata = await failure(fetchAllowed, `${base}/to-metadata`);
     expect(toMetadata.code).toBe('INPUT_URL_REFUSED');
@@ -111,14 +111,15 @@ describe('input image fetcher', () => {
   });
 
   it.each([
-    ['/missing.png', /answered HTTP 404/],
-    ['/page.html', /is not a PNG, JPEG or WebP image/],
-    ['/big-declared', /over INPUT_URL_MAX_BYTES \(4000\)/],
-    ['/big-streamed', /over INPUT_URL_MAX_BYTES \(4000 bytes\)/],
-    ['/hang', /INPUT_URL_TIMEOUT_MS \(300 ms\)/],
-  ])('%s fails with INPUT_FETCH_FAILED naming the URL and the rule', async (path, rule) => {
+    ['/missing.png', /answered HTTP 404/, 'INPUT_IMAGE_UNUSABLE'],
+    ['/page.html', /is not a PNG, JPEG or WebP image/, 'INPUT_IMAGE_UNUSABLE'],
+    ['/big-declared', /over INPUT_URL_MAX_BYTES \(4000\)/, 'INPUT_IMAGE_UNUSABLE'],
+    ['/big-streamed', /over INPUT_URL_MAX_BYTES \(4000 bytes\)/, 'INPUT_IMAGE_UNUSABLE'],
+    ['/hang', /INPUT_URL_TIMEOUT_MS \(300 ms\)/, 'INPUT_FETCH_FAILED'],
+  ])('%s fails with %s naming the URL and the rule (retried only when it may pass later)', async (path, rule, code) => {
     const err = await failure(fetchAllowed, `${base}${path}`);
-    expect(err.code).toBe('INPUT_FETCH_FAILED');
+    expect(err.code).toBe(code);
+    expect(err.retryable).toBe(code === 'INPUT_FETCH_FAILED');
     expect(err.message).toContain(`${base}${path}`);
     expect(err.message).toMatch(rule);
   });

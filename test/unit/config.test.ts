@@ -51,6 +51,9 @@ describe('configuration', () => {
     ['SHUTDOWN_GRACE', 'soon', 'duration'],
     ['API_KEYS', 'nokey', 'tenant:key'],
     ['LOG_LEVEL', 'loud', ''],
+    ['WEBHOOK_SECRET', 'whsec_c2hvcnQ=', 'whsec_ followed by the base64 of 24 to 64 random bytes'],
+    ['WEBHOOK_ALLOWED_CIDRS', '300.1.1.1/8', 'not a CIDR'],
+    ['WEBHOOK_RETRY_SCHEDULE', '0s,5s,soon', 'not a duration'],
   ])('rejects %s=%s naming the variable and the rule', (variable, value, rule) => {
     try {
       loadConfig({ [variable]: value });
