@@ -76,7 +76,7 @@ export const ERROR_CATALOGUE = {
   },
   INPUT_FETCH_FAILED: {
     retryable: true, consumesAttempt: true, mayTryFallback: false, httpStatus: 502,
-    hint: 'Fetching an input image failed (status, timeout, size over INPUT_URL_MAX_BYTES, or not a PNG/JPEG/WebP); check that the URL serves the image.',
+    hint: 'Fetching an input image failed in a way that may pass (timeout, 5xx, connection); the job is retried with backoff.',
   },
   INPUT_IMAGE_UNUSABLE: {
     retryable: false, consumesAttempt: true, mayTryFallback: false, httpStatus: 422,
