@@ -10,28 +10,12 @@ import { loadConfig, type Config } from '../src/config/env.js';
 import { createLogger } from '../src/logging/logger.js';
 import { startImageWorker } from '../src/worker/image-worker.js';
 import { exitOnConfigError } from '../src/cli/exit.js';
+import { exitGracefullyOnSignals } from '../src/cli/signals.js';
 
 export async function runImageWorker(config: Config): Promise<void> {
   const logger = createLogger({ level: config.LOG_LEVEL, name: 'pixelmill-worker' });
   const running = startImageWorker(config, { logger });
-  let signals = 0;
-  const onSignal = (sig: NodeJS.Signals) => {
-    signals += 1;
-    if (signals > 1) {
-      logger.warn({ sig }, 'second signal: exiting now');
-      process.exit(1);
-    }
-    logger.info({ sig, graceMs: config.SHUTDOWN_GRACE }, 'signal received: graceful shutdown');
-    running.close().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        logger.error({ err: String(err) }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  exitGracefullyOnSignals(logger, () => running.close(), { graceMs: config.SHUTDOWN_GRACE });
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {

@@ -11,28 +11,12 @@ import { loadConfig, type Config } from '../src/config/env.js';
 import { createLogger } from '../src/logging/logger.js';
 import { startWebhookWorker } from '../src/webhooks/worker.js';
 import { exitOnConfigError } from '../src/cli/exit.js';
+import { exitGracefullyOnSignals } from '../src/cli/signals.js';
 
 export async function runWebhookWorker(config: Config): Promise<void> {
   const logger = createLogger({ level: config.LOG_LEVEL, name: 'pixelmill-webhooks' });
   const running = startWebhookWorker(config, { logger });
-  let signals = 0;
-  const onSignal = (sig: NodeJS.Signals) => {
-    signals += 1;
-    if (signals > 1) {
-      logger.warn({ sig }, 'second signal: exiting now');
-      process.exit(1);
-    }
-    logger.info({ sig, timeoutMs: config.WEBHOOK_TIMEOUT_MS }, 'signal received: finishing in-flight deliveries');
-    running.close().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        logger.error({ err: String(err) }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  exitGracefullyOnSignals(logger, () => running.close(), { timeoutMs: config.WEBHOOK_TIMEOUT_MS });
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {

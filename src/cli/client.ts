@@ -9,6 +9,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parse as parseCsv } from 'csv-parse/sync';
 import { request } from 'undici';
+import type { BatchCounts } from '../batches/view.js';
 import type { JobRequestInput, WebhookTarget } from '../jobs/request.js';
 import { extensionFor } from '../storage/object-store.js';
 
@@ -30,14 +31,8 @@ export class ApiError extends Error {
   }
 }
 
-export interface BatchCountsLite {
-  queued: number;
-  running: number;
-  retrying: number;
-  succeeded: number;
-  failed: number;
-  canceled: number;
-}
+/** The batch view's counts (the same shape the API answers with). */
+export type BatchCountsLite = BatchCounts;
 
 /** GET /v1/batches/:id (src/batches/view.ts), as far as the CLI reads it. */
 export interface BatchViewLite {

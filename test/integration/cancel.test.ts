@@ -19,7 +19,7 @@ import { s3ClientConfig } from '../../src/storage/object-store.js';
 import { startCancelWatcher } from '../../src/worker/cancel.js';
 import { startImageWorker, type RunningImageWorker } from '../../src/worker/image-worker.js';
 import { startPipeline, type Pipeline } from '../support/pipeline.js';
-import { waitFor } from '../support/stack.js';
+import { childProcessEnv, waitFor } from '../support/stack.js';
 
 let p: Pipeline | undefined;
 const workers: RunningImageWorker[] = [];
@@ -232,7 +232,7 @@ describe('cancelling a running job', () => {
 
   it('reaches the worker holding the job in another process while a second worker runs here', async () => {
     p = await startPipeline({ worker: false });
-    const child = spawn(process.execPath, ['--import', 'tsx', 'workers/image-worker.ts'], { env: workerEnv(p.config), stdio: 'ignore' });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'workers/image-worker.ts'], { env: childProcessEnv(p.config, { WORKER_CONCURRENCY: '2' }), stdio: 'ignore' });
     children.push(child);
     const { body } = await p.submit({ prompt: 'forever [sim:hang] cx-victim', tier: 'draft' });
     const id = body['id'] as string;
@@ -301,14 +301,3 @@ describe('what cannot be cancelled', () => {
   });
 });
 
-/** The environment a worker process needs to join this pipeline (parsed like production). */
-function workerEnv(config: Config): Record<string, string> {
-  return {
-    PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/root', NODE_ENV: 'test', LOG_LEVEL: 'silent',
-    REDIS_URL: config.REDIS_URL, QUEUE_PREFIX: config.QUEUE_PREFIX,
-    S3_ENDPOINT: config.S3_ENDPOINT!, S3_BUCKET: config.S3_BUCKET, S3_ACCESS_KEY_ID: config.S3_ACCESS_KEY_ID!,
-    S3_SECRET_ACCESS_KEY: config.S3_SECRET_ACCESS_KEY!, S3_FORCE_PATH_STYLE: 'true', S3_KEY_PREFIX: config.S3_KEY_PREFIX,
-    GEMINI_BASE_URL: config.GEMINI_BASE_URL, GEMINI_API_KEY: config.GEMINI_API_KEY!, PEAK_WINDOWS: 'none',
-    WORKER_CONCURRENCY: '2',
-  };
-}

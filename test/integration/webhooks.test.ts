@@ -18,7 +18,7 @@ import { WEBHOOK_QUEUE, webhookDeliveryId } from '../../src/webhooks/queue.js';
 import { MAX_PAYLOAD_BYTES, buildPayload } from '../../src/webhooks/render.js';
 import { parseRetryAfter } from '../../src/webhooks/send.js';
 import { startWebhookWorker, type RunningWebhookWorker } from '../../src/webhooks/worker.js';
-import { testConfig, waitFor } from '../support/stack.js';
+import { childProcessEnv, testConfig, waitFor } from '../support/stack.js';
 import { newSecret, startWebhookReceiver, type WebhookReceiver } from '../support/webhook-receiver.js';
 
 interface Setup {
@@ -275,7 +275,10 @@ describe('webhook delivery', () => {
   it('a webhook worker killed (SIGKILL) mid-delivery loses nothing: another worker sends the same event, same webhook-id', async () => {
     const s = await setup({ worker: false, env: { WORKER_LOCK_DURATION_MS: 1_000, WORKER_STALLED_INTERVAL_MS: 1_000 } });
     s.receiver.answer((_req, n) => (n === 0 ? 'hang' : { status: 200 }));
-    const child = spawn(process.execPath, ['--import', 'tsx', 'workers/webhook-worker.ts'], { env: childEnv(s.config), stdio: 'ignore' });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'workers/webhook-worker.ts'], { env: childProcessEnv(s.config, {
+      WEBHOOK_SECRET: s.config.WEBHOOK_SECRET!.join(' '), WEBHOOK_ALLOWED_CIDRS: s.config.WEBHOOK_ALLOWED_CIDRS.join(','),
+      WEBHOOK_RETRY_SCHEDULE: '0s,50ms,100ms', WEBHOOK_TIMEOUT_MS: String(s.config.WEBHOOK_TIMEOUT_MS),
+    }), stdio: 'ignore' });
     children.push(child);
 
     const id = await queued(s, batchEvent(s));
@@ -297,7 +300,10 @@ describe('webhook delivery', () => {
   it('SIGTERM lets the in-flight delivery finish, then the worker process exits 0', async () => {
     const s = await setup({ worker: false });
     s.receiver.answer(() => ({ status: 200, delayMs: 500 }));
-    const child = spawn(process.execPath, ['--import', 'tsx', 'workers/webhook-worker.ts'], { env: childEnv(s.config), stdio: 'ignore' });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'workers/webhook-worker.ts'], { env: childProcessEnv(s.config, {
+      WEBHOOK_SECRET: s.config.WEBHOOK_SECRET!.join(' '), WEBHOOK_ALLOWED_CIDRS: s.config.WEBHOOK_ALLOWED_CIDRS.join(','),
+      WEBHOOK_RETRY_SCHEDULE: '0s,50ms,100ms', WEBHOOK_TIMEOUT_MS: String(s.config.WEBHOOK_TIMEOUT_MS),
+    }), stdio: 'ignore' });
     children.push(child);
     const id = await queued(s, batchEvent(s));
     await waitFor('the child worker to be mid-delivery', () => s.receiver.received.length === 1, 30_000);
@@ -309,15 +315,3 @@ describe('webhook delivery', () => {
   });
 });
 
-/** What a webhook worker process needs (parsed like production). */
-function childEnv(config: Config): Record<string, string> {
-  return {
-    PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/root', NODE_ENV: 'test', LOG_LEVEL: 'silent',
-    REDIS_URL: config.REDIS_URL, QUEUE_PREFIX: config.QUEUE_PREFIX,
-    S3_ENDPOINT: config.S3_ENDPOINT!, S3_BUCKET: config.S3_BUCKET, S3_ACCESS_KEY_ID: config.S3_ACCESS_KEY_ID!,
-    S3_SECRET_ACCESS_KEY: config.S3_SECRET_ACCESS_KEY!, S3_FORCE_PATH_STYLE: 'true', S3_KEY_PREFIX: config.S3_KEY_PREFIX,
-    WEBHOOK_SECRET: config.WEBHOOK_SECRET!.join(' '), WEBHOOK_ALLOWED_CIDRS: config.WEBHOOK_ALLOWED_CIDRS.join(','),
-    WEBHOOK_RETRY_SCHEDULE: '0s,50ms,100ms', WEBHOOK_TIMEOUT_MS: String(config.WEBHOOK_TIMEOUT_MS),
-    WORKER_LOCK_DURATION_MS: String(config.WORKER_LOCK_DURATION_MS), WORKER_STALLED_INTERVAL_MS: String(config.WORKER_STALLED_INTERVAL_MS),
-  };
-}

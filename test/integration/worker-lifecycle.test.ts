@@ -10,7 +10,7 @@ import { silentLogger } from '../../src/logging/logger.js';
 import { s3ClientConfig } from '../../src/storage/object-store.js';
 import { startImageWorker, type RunningImageWorker } from '../../src/worker/image-worker.js';
 import { startPipeline, type Pipeline } from '../support/pipeline.js';
-import { waitFor } from '../support/stack.js';
+import { childProcessEnv, waitFor } from '../support/stack.js';
 
 let p: Pipeline | undefined;
 const workers: RunningImageWorker[] = [];
@@ -22,18 +22,6 @@ afterEach(async () => {
   p = undefined;
 });
 
-/** The environment a worker process needs to join this pipeline (the child parses it like production). */
-function workerEnv(config: Config): Record<string, string> {
-  return {
-    PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/root', NODE_ENV: 'test', LOG_LEVEL: 'silent',
-    REDIS_URL: config.REDIS_URL, QUEUE_PREFIX: config.QUEUE_PREFIX,
-    S3_ENDPOINT: config.S3_ENDPOINT!, S3_BUCKET: config.S3_BUCKET, S3_ACCESS_KEY_ID: config.S3_ACCESS_KEY_ID!,
-    S3_SECRET_ACCESS_KEY: config.S3_SECRET_ACCESS_KEY!, S3_FORCE_PATH_STYLE: 'true', S3_KEY_PREFIX: config.S3_KEY_PREFIX,
-    GEMINI_BASE_URL: config.GEMINI_BASE_URL, GEMINI_API_KEY: config.GEMINI_API_KEY!, PEAK_WINDOWS: 'none',
-    WORKER_CONCURRENCY: '2', WORKER_LOCK_DURATION_MS: String(config.WORKER_LOCK_DURATION_MS),
-    WORKER_STALLED_INTERVAL_MS: String(config.WORKER_STALLED_INTERVAL_MS),
-  };
-}
 
 async function outputObjects(config: Config, jobId: string): Promise<string[]> {
   const s3 = new S3Client(s3ClientConfig(config));
@@ -48,7 +36,7 @@ async function outputObjects(config: Config, jobId: string): Promise<string[]> {
 describe('worker lifecycle', () => {
   it('a worker killed with SIGKILL mid-generation leaves its job to another worker, which completes it; the output exists once', async () => {
     p = await startPipeline({ worker: false, env: { WORKER_LOCK_DURATION_MS: 2_000, WORKER_STALLED_INTERVAL_MS: 1_000 } });
-    const child = spawn(process.execPath, ['--import', 'tsx', 'workers/image-worker.ts'], { env: workerEnv(p.config), stdio: 'ignore' });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'workers/image-worker.ts'], { env: childProcessEnv(p.config, { WORKER_CONCURRENCY: '2' }), stdio: 'ignore' });
     children.push(child);
 
     const { body } = await p.submit({ prompt: 'long one [sim:hang*1] e2e-sigkill', tier: 'draft' });

@@ -42,3 +42,21 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, time
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
+
+/**
+ * The environment a child process (an image or webhook worker started with `node --import tsx
+ * workers/...`) needs to join a test's stack; the child parses it like production. `extra` adds or
+ * overrides variables.
+ */
+export function childProcessEnv(config: Config, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/root', NODE_ENV: 'test', LOG_LEVEL: 'silent',
+    REDIS_URL: config.REDIS_URL, QUEUE_PREFIX: config.QUEUE_PREFIX,
+    S3_ENDPOINT: config.S3_ENDPOINT!, S3_BUCKET: config.S3_BUCKET, S3_ACCESS_KEY_ID: config.S3_ACCESS_KEY_ID!,
+    S3_SECRET_ACCESS_KEY: config.S3_SECRET_ACCESS_KEY!, S3_FORCE_PATH_STYLE: 'true', S3_KEY_PREFIX: config.S3_KEY_PREFIX,
+    GEMINI_BASE_URL: config.GEMINI_BASE_URL, GEMINI_API_KEY: config.GEMINI_API_KEY!, PEAK_WINDOWS: 'none',
+    WORKER_LOCK_DURATION_MS: String(config.WORKER_LOCK_DURATION_MS),
+    WORKER_STALLED_INTERVAL_MS: String(config.WORKER_STALLED_INTERVAL_MS),
+    ...extra,
+  };
+}
