@@ -22,10 +22,13 @@ import type { RouteContext, RouteModule } from './context.js';
 import { batchesRoutes } from './routes/batches.js';
 import { experimentsRoutes } from './routes/experiments.js';
 import { liveRoutes } from './routes/live.js';
+import { healthRoutes } from './routes/health.js';
 import { webhooksRoutes } from './routes/webhooks.js';
+import { lanesRoutes } from './routes/lanes.js';
+import { spendRoutes } from './routes/spend.js';
 
 /** Route modules beyond the job routes below, in registration order. */
-const ROUTE_MODULES: readonly RouteModule[] = [webhooksRoutes, batchesRoutes, experimentsRoutes, liveRoutes];
+const ROUTE_MODULES: readonly RouteModule[] = [webhooksRoutes, batchesRoutes, experimentsRoutes, liveRoutes, spendRoutes, healthRoutes, lanesRoutes];
 import { RETRY_AFTER_SECONDS, toApiError } from './errors.js';
 
 export interface ApiDeps {

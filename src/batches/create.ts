@@ -71,6 +71,7 @@ export const batchOptionsSchema = z
     metadata: metadataSchema.optional(),
     skipInvalid: z.boolean().optional(),
     maxCostUsd: z.number().positive().max(1_000_000_000).optional(),
+    allowBudgetDowngrade: z.boolean().optional(),
   })
   .strict();
 export type BatchOptions = z.infer<typeof batchOptionsSchema>;
@@ -408,6 +409,7 @@ export async function storeBatch(plan: BatchPlan, tenant: string | null, deps: S
     ...(plan.options.metadata ? { metadata: plan.options.metadata } : {}),
     ...(plan.options.webhook ? { webhook: plan.options.webhook } : {}),
     ...(plan.options.maxCostUsd !== undefined ? { maxCostUsd: plan.options.maxCostUsd } : {}),
+    ...(plan.options.allowBudgetDowngrade !== undefined ? { allowBudgetDowngrade: plan.options.allowBudgetDowngrade } : {}),
   };
   const createdAt = now();
   await op('write the batch record', async () => {
@@ -438,7 +440,8 @@ export async function storeBatch(plan: BatchPlan, tenant: string | null, deps: S
       attempted.push(...chunk.map((j) => j.id));
       await op('record the batch jobs', () => redis.multi().zadd(k.jobs, ...members).pexpire(k.jobs, config.JOB_RETENTION).exec());
       await op(`add jobs ${start + 1}-${start + chunk.length}`, () =>
-        queue.addBulk(chunk.map((j) => ({ name: IMAGE_JOB_NAME, data: j.data, opts: imageJobOptions(config, j.id, j.data.request.priority) }))),
+        // Position = index in the batch: batches of one priority share the queue round-robin (fairness).
+        queue.addBulk(chunk.map((j, i) => ({ name: IMAGE_JOB_NAME, data: j.data, opts: imageJobOptions(config, j.id, j.data.request.priority, start + i) }))),
       );
       added += chunk.length;
       await op('count stored jobs', () => redis.hincrby(k.record, 'stored', chunk.length));

@@ -12,7 +12,8 @@
  *     costMicros    sum of terminal jobs' costUsd, in micro-USD (integers add exactly)
  *     createdAt, openedAt, startedAt, finishedAt, canceledAt, webhookQueuedAt   epoch ms
  *     completedBy   the job whose terminal event completed the batch ((open) / (cancel) otherwise)
- *     info          JSON: {tenant, metadata?, webhook?, maxCostUsd?, skipped}  (written once)
+ *     info          JSON: {tenant, metadata?, webhook?, maxCostUsd?, allowBudgetDowngrade?, skipped}  (written once)
+ *     spentMicros   actual spend of the batch's upstream calls so far, per call (src/budget/budgets.ts)
  *     webhook       JSON WebhookTarget, present when batch.completed must be sent
  *   startedAt is the earliest BullMQ `processedOn` among the jobs that have ended (the worker does not
  *   report starts): it is null until the first job ends and may be a little late when the first job to
@@ -72,6 +73,8 @@ export const batchInfoSchema = z.object({
   metadata: metadataSchema.optional(),
   webhook: webhookSchema.optional(),
   maxCostUsd: z.number().positive().optional(),
+  /** Over maxCostUsd, Pro calls run on Nano Banana 2 instead of failing (src/budget/budgets.ts). */
+  allowBudgetDowngrade: z.boolean().optional(),
   /** Jobs left out by skipInvalid. */
   skipped: z.number().int().min(0),
 });

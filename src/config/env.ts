@@ -179,6 +179,41 @@ export const configSchema = z
     HOST: z.string().min(1).optional(),
     API_KEYS: apiKeys.default([]),
     API_BODY_LIMIT_BYTES: intFromEnv(1024, 1024 * 1024 * 1024).default(100 * 1024 * 1024),
+
+    // Shared model lanes (src/lanes): one lane per (model id, API key); GEMINI_API_KEY may list several keys, comma-separated
+    MODEL_FAST_RPM: intFromEnv(1, 1_000_000).optional(),
+    MODEL_PRO_RPM: intFromEnv(1, 1_000_000).optional(),
+    LANES_ENABLED: boolFromEnv.default(true),
+    LANE_INITIAL_RPM: z.coerce.number({ message: 'must be a number' }).min(0.1).max(1_000_000).optional(),
+    LANE_MIN_RPM: z.coerce.number({ message: 'must be a number' }).min(0.01).max(1_000_000).default(1),
+    LANE_AIMD_STEP_RPM: z.coerce.number({ message: 'must be a number' }).min(0).max(10_000).default(1),
+    LANE_AIMD_DECREASE: z.coerce.number({ message: 'must be a number' }).gt(0).lt(1).default(0.5),
+    LANE_BURST: intFromEnv(1, 10_000).default(5),
+    LANE_MAX_INFLIGHT: intFromEnv(1, 1_000_000).optional(),
+    LANE_MAX_HOLD_MS: intFromEnv(0, 60_000).default(250),
+    LANE_AUTH_DISABLE_TTL: durationMs.default(3_600_000),
+
+    // Model health and circuit breakers (issue 4 §2, src/health/)
+    /** Length of the sliding window of per-model health (call count, latency, 429 / failure / degraded rates). */
+    HEALTH_WINDOW: durationMs.default(300_000),
+    /** Granularity of that window: one Redis hash per bucket, expired as the window slides past it. */
+    HEALTH_BUCKET: durationMs.default(10_000),
+    /** A model is throttled when its 429 rate over the window reaches this share of its calls... */
+    HEALTH_THROTTLE_429_RATE: z.coerce.number({ message: 'must be a number' }).min(0.01).max(1).default(0.3),
+    /** ...and it had at least this many calls in the window (a few 429s of a quiet model mean nothing). */
+    HEALTH_MIN_CALLS: intFromEnv(1, 1_000_000).default(20),
+    /** Consecutive failures (timeout, 5xx, unreadable answer) that open a model's circuit breaker. */
+    BREAKER_FAILURES: intFromEnv(1, 10_000).default(5),
+    /** How long an open breaker stays open before it admits one probe call (half-open). */
+    BREAKER_OPEN_MS: durationMs.default(30_000),
+
+    // Output validation and budgets (issue 4 §3–4, VALUE: src/worker/output-check.ts, src/budget/)
+    /** What a degraded 200 (wrong MIME type, pixel size or model version) does per tier: keep it flagged, or retry. */
+    DEGRADED_ACTION_DRAFT: z.enum(['accept', 'retry'], { message: 'must be accept or retry' }).default('accept'),
+    DEGRADED_ACTION_STANDARD: z.enum(['accept', 'retry'], { message: 'must be accept or retry' }).default('retry'),
+    DEGRADED_ACTION_PREMIUM: z.enum(['accept', 'retry'], { message: 'must be accept or retry' }).default('retry'),
+    /** Optional spend cap per tenant per UTC day, USD (list-price reservations count against it). */
+    TENANT_DAILY_BUDGET_USD: z.coerce.number({ message: 'must be a number' }).positive({ message: 'must be more than 0' }).optional(),
   })
   .superRefine((c, ctx) => {
     if ((c.S3_ACCESS_KEY_ID === undefined) !== (c.S3_SECRET_ACCESS_KEY === undefined)) {

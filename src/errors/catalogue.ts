@@ -132,6 +132,16 @@ export const ERROR_CATALOGUE = {
     retryable: false, consumesAttempt: false, mayTryFallback: false, httpStatus: 409,
     hint: 'The job already finished (succeeded or failed); only queued, retrying or running jobs can be cancelled.',
   },
+
+  // --- Output validation and budgets (issue 4 §3–4) ----------------------------------------------
+  DEGRADED: {
+    retryable: true, consumesAttempt: true, mayTryFallback: true, httpStatus: 502,
+    hint: 'The model answered 200 with an image that is not what was asked (another MIME type, pixel size or model version); depending on DEGRADED_ACTION_<TIER> it was kept and flagged, or retried (on the other model where the tier allows).',
+  },
+  BUDGET_EXCEEDED: {
+    retryable: false, consumesAttempt: true, mayTryFallback: false, httpStatus: 402,
+    hint: 'The next call would pass the batch\'s maxCostUsd (or TENANT_DAILY_BUDGET_USD for today, UTC); raise the budget, or set allowBudgetDowngrade on the batch to finish on Nano Banana 2.',
+  },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOGUE;

@@ -274,7 +274,7 @@ export class ExperimentService extends ExperimentReader {
           data: childData,
           // A failed (or cancelled) run must not fail or block the experiment: it moves to the
           // parent's ignored failures, and the parent runs once every run ended.
-          opts: { ...imageJobOptions(this.config, jobId, v.request.priority), ignoreDependencyOnFailure: true },
+          opts: { ...imageJobOptions(this.config, jobId, v.request.priority, r * variants.length + i), ignoreDependencyOnFailure: true },
         });
       }
     }

@@ -55,14 +55,40 @@ export function createImageQueue(config: Config, connection: Redis): Queue {
 }
 
 /**
- * Options of every image job. `priority` is always set: a BullMQ job without one overtakes every
- * prioritized job. Retention is by age so Redis stays bounded.
+ * BullMQ's largest priority (PRIORITY_LIMIT in bullmq 6: 2^21 - 1). 0 means "no priority", and such a
+ * job overtakes every prioritized one, so the encoding below never yields 0.
  */
-export function imageJobOptions(config: Config, jobId: string, priority: number): JobsOptions {
+export const BULLMQ_MAX_PRIORITY = 2 ** 21 - 1;
+/** Positions within one request priority: 200,000 slots × 10 priorities stays under BULLMQ_MAX_PRIORITY. */
+export const PRIORITY_SLOTS = 200_000;
+
+/**
+ * Priority and fairness in one number (see README "Priority and fairness"). BullMQ serves the lowest
+ * priority value first and, within one value, in insertion order. Encoding
+ *
+ *   (request priority - 1) × PRIORITY_SLOTS + 1 + min(position, PRIORITY_SLOTS - 1)
+ *
+ * keeps every request priority 1 job ahead of every priority 2 job (and so on), while within one
+ * request priority job k of every batch competes with job k of every other batch: a 10-job batch
+ * submitted after a 10,000-job one is served round-robin with it instead of after it. Single jobs
+ * have position 0; experiment runs their run index.
+ */
+export function encodeQueuePriority(requestPriority: number, position: number): number {
+  const p = Math.min(10, Math.max(1, Math.trunc(requestPriority)));
+  const slot = Math.min(PRIORITY_SLOTS - 1, Math.max(0, Math.trunc(position)));
+  return (p - 1) * PRIORITY_SLOTS + 1 + slot;
+}
+
+/**
+ * Options of every image job. `priority` is always set: a BullMQ job without one overtakes every
+ * prioritized job. `position` is the job's index within its batch (0 for a single job, the run index
+ * for an experiment), see encodeQueuePriority. Retention is by age so Redis stays bounded.
+ */
+export function imageJobOptions(config: Config, jobId: string, priority: number, position = 0): JobsOptions {
   const retentionSeconds = Math.ceil(config.JOB_RETENTION / 1000);
   return {
     jobId,
-    priority,
+    priority: encodeQueuePriority(priority, position),
     attempts: config.MAX_ATTEMPTS,
     backoff: { type: BACKOFF_TYPE },
     removeOnComplete: { age: retentionSeconds },

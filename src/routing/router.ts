@@ -1,7 +1,11 @@
 /**
- * The router: a pure function of (job, now, model state) that returns the models to try, in order,
- * each with the reason it is there. No I/O, no clock of its own: the worker passes `now` and a
- * snapshot of the shared model state read from Redis.
+ * The router: a pure function of (job, now, model state, model health) that returns the models to
+ * try, in order, each with the reason it is there. No I/O, no clock of its own: the worker passes
+ * `now` and snapshots of the shared model state and health read from Redis.
+ *
+ * Health (optional): a throttled first model (429 rate over the window) gives way to the tier's
+ * other model even off-peak; a model with an open breaker is skipped like a cooling one, and when
+ * nothing else is left the job waits until the breaker admits a probe.
  *
  * The tier policy lives in one place, `DEFAULT_POLICY`:
  * - draft:    Nano Banana 2 only. On 429 or timeout it waits and retries Nano Banana 2; never Pro prices.
@@ -38,6 +42,26 @@ export interface ModelStateSnapshot {
   readonly retired: ReadonlySet<string>;
 }
 
+/** A breaker's state as the router sees it (see health/health-store.ts). */
+export type BreakerState = 'closed' | 'open' | 'half-open';
+
+/**
+ * The health of one model id over the recent window, read from Redis by the worker
+ * (health/health-store.ts). Optional input: without it the router routes on peak windows and
+ * cooldowns alone.
+ */
+export interface ModelHealth {
+  /** The 429 rate passed HEALTH_THROTTLE_429_RATE with at least HEALTH_MIN_CALLS calls in the window. */
+  readonly throttled: boolean;
+  /** 429 answers / calls over the window, 0..1. */
+  readonly rate429: number;
+  /** The window those figures cover (for the reason text). */
+  readonly windowMs: number;
+  readonly breaker: BreakerState;
+  /** When breaker is 'open': epoch ms at which it may admit a probe (or the probe in flight ends). */
+  readonly breakerRetryAt?: number | null;
+}
+
 export interface RoutableJob {
   tier: Tier;
   size: ImageSize;
@@ -57,6 +81,8 @@ export interface RouterContext {
   peakWindows: readonly PeakWindow[];
   timeZone: string;
   policy?: RoutingPolicy;
+  /** Per model id; absent ids (and an absent map) count as healthy with a closed breaker. */
+  health?: Readonly<Record<string, ModelHealth>>;
 }
 
 export interface Candidate {
@@ -68,7 +94,7 @@ export interface Candidate {
 export type RouteDecision =
   /** Call `candidates[0]`; the rest are the fallbacks in order. */
   | { kind: 'dispatch'; candidates: Candidate[] }
-  /** Every usable model is cooling down: requeue until `untilMs` (the shortest cooldown). */
+  /** Every usable model is cooling down or has an open breaker: requeue until `untilMs` (the soonest free). */
   | { kind: 'wait'; untilMs: number; reason: string }
   /** Nothing can serve this job (all ids retired, or the content was blocked everywhere it may go). */
   | { kind: 'none'; reason: string };
@@ -88,6 +114,25 @@ export function route(job: RoutableJob, ctx: RouterContext): RouteDecision {
   families.forEach((f, i) =>
     why.set(f, i === 0 ? `${job.tier} tier, ${timing}: ${FAMILY_LABEL[f]} first` : `${job.tier} tier, ${timing}: ${FAMILY_LABEL[f]} as fallback`),
   );
+
+  // Health: when the tier's first model is throttled (429s over the window) and the tier's other
+  // model is not, the other goes first, peak or not; back as soon as the window says it recovered.
+  // Only the tier's own families are reordered: a downgrade stays a last resort, draft stays on Nano Banana 2.
+  if (ctx.health && base.length > 1) {
+    const healthOf = (f: ModelFamily) => {
+      const id = ctx.models[f].find((x) => !ctx.state.retired.has(x));
+      return id ? ctx.health![id] : undefined;
+    };
+    const first = families[0]!;
+    const h = healthOf(first);
+    const alternative = base.find((f) => f !== first && supports(f, job.size, job.aspectRatio) && !healthOf(f)?.throttled);
+    if (h?.throttled && alternative) {
+      families = [alternative, ...families.filter((f) => f !== alternative)];
+      const note = `${FAMILY_LABEL[first]} throttled: 429 rate ${Math.round(h.rate429 * 100)}% over the last ${windowLabel(h.windowMs)}`;
+      why.set(alternative, `${job.tier} tier, ${timing}: ${FAMILY_LABEL[alternative]} first; ${note}`);
+      why.set(first, `${job.tier} tier, ${timing}: ${FAMILY_LABEL[first]} as fallback; ${note}`);
+    }
+  }
 
   // Capability: a family that cannot render this size/ratio is never sent the job.
   const capable = families.filter((f) => supports(f, job.size, job.aspectRatio));
@@ -123,7 +168,7 @@ export function route(job: RoutableJob, ctx: RouterContext): RouteDecision {
   }
 
   const candidates: Candidate[] = [];
-  const cooling: { family: ModelFamily; modelId: string; until: number }[] = [];
+  const cooling: { family: ModelFamily; modelId: string; until: number; why: string }[] = [];
   for (const family of families) {
     // The family's current id is its first one not retired; older ids are used only once newer ones are gone.
     const ids = ctx.models[family];
@@ -134,12 +179,19 @@ export function route(job: RoutableJob, ctx: RouterContext): RouteDecision {
     if (retiredBefore.length > 0) reason += `; ${retiredBefore.join(', ')} retired (404), using ${modelId}`;
     const until = ctx.state.cooldownUntil[modelId] ?? 0;
     if (until > ctx.now) {
-      cooling.push({ family, modelId, until });
+      cooling.push({ family, modelId, until, why: `${modelId} cooling down for ${((until - ctx.now) / 1000).toFixed(1)} s after 429` });
       continue;
     }
+    // An open breaker is skipped like a cooldown; it admits a probe again at breakerRetryAt.
+    const health = ctx.health?.[modelId];
+    if (health?.breaker === 'open') {
+      const retryAt = Math.max(ctx.now + 1, health.breakerRetryAt ?? ctx.now + 1_000);
+      cooling.push({ family, modelId, until: retryAt, why: `${modelId} breaker open (half-open in ${((retryAt - ctx.now) / 1000).toFixed(1)} s)` });
+      continue;
+    }
+    if (health?.breaker === 'half-open') reason += `; ${modelId} breaker half-open: this call is the probe`;
     if (cooling.length > 0 && candidates.length === 0) {
-      const c = cooling.map((x) => `${x.modelId} cooling down for ${((x.until - ctx.now) / 1000).toFixed(1)} s after 429`).join(', ');
-      reason = `fallback to ${FAMILY_LABEL[family]}: ${c}`;
+      reason = `fallback to ${FAMILY_LABEL[family]}: ${cooling.map((x) => x.why).join(', ')}`;
     }
     candidates.push({ family, modelId, reason });
   }
@@ -147,11 +199,19 @@ export function route(job: RoutableJob, ctx: RouterContext): RouteDecision {
   if (candidates.length > 0) return { kind: 'dispatch', candidates };
   if (cooling.length > 0) {
     const soonest = cooling.reduce((a, b) => (b.until < a.until ? b : a));
+    const allCooling = cooling.every((c) => c.why.includes('cooling down'));
     return {
       kind: 'wait',
       untilMs: soonest.until,
-      reason: `every model this job may use is cooling down after 429; ${soonest.modelId} is free again in ${((soonest.until - ctx.now) / 1000).toFixed(1)} s`,
+      reason: allCooling
+        ? `every model this job may use is cooling down after 429; ${soonest.modelId} is free again in ${((soonest.until - ctx.now) / 1000).toFixed(1)} s`
+        : `no model this job may use is available (${cooling.map((c) => c.why).join(', ')}); ${soonest.modelId} is tried again in ${((soonest.until - ctx.now) / 1000).toFixed(1)} s`,
     };
   }
   return { kind: 'none', reason: `every model id of ${families.map((f) => FAMILY_LABEL[f]).join(' and ')} is retired (404 NOT_FOUND)` };
+}
+
+/** "5 min", "90 s": the health window in the reason text. */
+function windowLabel(ms: number): string {
+  return ms % 60_000 === 0 ? `${ms / 60_000} min` : `${Math.round(ms / 1000)} s`;
 }

@@ -19,6 +19,7 @@ import { createRedis } from '../queue/connection.js';
 import { IMAGE_QUEUE, BACKOFF_TYPE } from '../queue/image-queue.js';
 import type { RoutingPolicy } from '../routing/router.js';
 import { ModelStateStore } from '../state/model-state.js';
+import { HealthStore } from '../health/health-store.js';
 import { createS3Store, type ObjectStore } from '../storage/object-store.js';
 import { createBatchTerminalHook } from '../batches/accounting.js';
 import { startExperimentFinisher } from '../experiments/finisher.js';
@@ -27,6 +28,9 @@ import { createWebhookEventHook } from '../webhooks/outbox.js';
 import { clipToDeadline, fullJitterDelay } from './backoff.js';
 import { startCancelWatcher, type CancelWatcher } from './cancel.js';
 import { createImageJobProcessor } from './process-image-job.js';
+import { primaryApiKey } from '../lanes/keys.js';
+import { createLaneLimiter } from '../lanes/limiter.js';
+import { RedisBudgets } from '../budget/budgets.js';
 
 /** Memory held per in-flight generation while its answer is handled (~5x a 4K image; see the anchors, A4). */
 const BYTES_PER_INFLIGHT_JOB = 32 * 1024 * 1024;
@@ -65,7 +69,7 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
   const generator =
     deps.generator ??
     new GeminiClient({
-      baseUrl: config.GEMINI_BASE_URL, apiKey: config.GEMINI_API_KEY ?? '', timeoutMs: config.UPSTREAM_TIMEOUT_MS,
+      baseUrl: config.GEMINI_BASE_URL, apiKey: primaryApiKey(config), timeoutMs: config.UPSTREAM_TIMEOUT_MS,
       connections: concurrency, logger,
     });
   const now = deps.now ?? Date.now;
@@ -79,10 +83,16 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
   const processor = createImageJobProcessor({
     config, generator, store, logger, now, random, policy: deps.policy,
     modelState: new ModelStateStore(stateConnection, config, now),
+    // Model health and breakers (HEALTH_*, BREAKER_*): recorded per call, read by the router.
+    health: new HealthStore(stateConnection, config),
     shutdownSignal: shutdown.signal,
     terminalHooks: deps.terminalHooks ?? [createWebhookEventHook(config, stateConnection), createBatchTerminalHook(config, stateConnection)],
     fetchInputImage: createInputImageFetcher(config),
     isCanceled: (jobId) => late.cancelWatcher?.isCanceled(jobId) ?? Promise.resolve(false),
+    // Shared model lanes: one per (model, API key), learned rate + fleet in-flight cap (LANES_ENABLED).
+    lanes: createLaneLimiter(stateConnection, config, { now, random, logger }),
+    // Batch maxCostUsd, TENANT_DAILY_BUDGET_USD and spend per family and day (src/budget/budgets.ts).
+    budgets: new RedisBudgets(stateConnection, config, { now, logger }),
   });
 
   const worker = new Worker<unknown, JobResult>(IMAGE_QUEUE, processor, {

@@ -19,7 +19,7 @@ import {
   appendHistory, readProgress, storedJobDataSchema, type HistoryEntry, type JobProgress, type JobResult, type StoredJobData, type Usage,
 } from '../jobs/record.js';
 import type { Logger } from '../logging/logger.js';
-import { CAPABILITIES, FAMILY_LABEL, pixelSize, supports, type ModelFamily } from '../models/catalogue.js';
+import { pixelSize, supports, type ModelFamily } from '../models/catalogue.js';
 import { costFromUsage } from '../models/pricing.js';
 import type { GeneratedImage, ImageGenerator } from '../providers/gemini/types.js';
 import { runTerminalHooks, type TerminalHook } from '../jobs/terminal.js';
@@ -27,6 +27,10 @@ import { route, type Candidate, type RoutingPolicy } from '../routing/router.js'
 import { nextMidnight, type ModelStateStore } from '../state/model-state.js';
 import { outputKey, tenantMetadata, type ObjectStore } from '../storage/object-store.js';
 import { cooldownJitter } from './backoff.js';
+import { UNLIMITED_BUDGETS, type BudgetGate } from '../budget/budgets.js';
+import { DEGRADED_OUTCOME, decideDegraded, degradedActionFor, describeDegradation, preferUndegraded } from './output-check.js';
+import { withLane, type LaneLease, type LaneLimiter } from '../lanes/limiter.js';
+import type { HealthStore } from '../health/health-store.js';
 
 /** Upper bound on upstream calls within one attempt (fallbacks, retired ids, the NO_IMAGE retry). */
 const MAX_CALLS_PER_ATTEMPT = 6;
@@ -48,6 +52,12 @@ export interface ImageJobDeps {
   fetchInputImage?: (url: string, signal: AbortSignal) => Promise<{ mimeType: string; data: Buffer }>;
   /** Whether the job was cancelled while it waited (DELETE /v1/jobs/:id); checked before any call. */
   isCanceled?: (jobId: string) => Promise<boolean>;
+  /** Batch maxCostUsd, TENANT_DAILY_BUDGET_USD and spend counters (src/budget/budgets.ts); none without it. */
+  budgets?: BudgetGate;
+  /** Shared model lanes (src/lanes): dispatch gate, learned rate and API key per call. Absent = no gating. */
+  lanes?: LaneLimiter;
+  /** Model health and breakers (src/health): every call's outcome is recorded, the router reads it. Absent = no health. */
+  health?: HealthStore;
 }
 
 /** Thrown inside the processor to end the job for good; the code is already on the job's progress. */
@@ -55,6 +65,7 @@ class TerminalFailure extends UnrecoverableError {}
 
 export function createImageJobProcessor(deps: ImageJobDeps) {
   const { config, generator, store, modelState } = deps;
+  const budgets = deps.budgets ?? UNLIMITED_BUDGETS;
   const now = deps.now ?? Date.now;
   const random = deps.random ?? Math.random;
   const models: Record<ModelFamily, readonly string[]> = { fast: config.MODEL_FAST, pro: config.MODEL_PRO };
@@ -143,10 +154,11 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         }
 
         // 2. Route on the fleet's shared view of the models.
-        const state = await modelState.snapshot(allModelIds);
+        // Health (src/health): the window's 429 rate and the breakers are read alongside the cooldowns.
+        const [state, health] = await Promise.all([modelState.snapshot(allModelIds), deps.health?.snapshot(allModelIds, now())]);
         const decision = route(
           { tier: req.tier, size: req.size, aspectRatio: req.aspectRatio, allowDowngrade: req.allowDowngrade, history: progress.history, attempt },
-          { now: now(), state, models, peakWindows: config.PEAK_WINDOWS, timeZone: config.PEAK_TIMEZONE, policy: deps.policy },
+          { now: now(), state, models, peakWindows: config.PEAK_WINDOWS, timeZone: config.PEAK_TIMEZONE, policy: deps.policy, health },
         );
 
         if (decision.kind === 'none') {
@@ -170,24 +182,72 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           throw new DelayedError();
         }
 
-        const candidate: Candidate = decision.candidates[0]!;
+        // Output validation (VALUE): after a DEGRADED answer the other model goes first (output-check.ts).
+        let candidate: Candidate = preferUndegraded(decision.candidates, progress.history, attempt)[0]!;
+
+        // Budgets (VALUE, src/budget/budgets.ts): reserve this call's list price against the batch's
+        // maxCostUsd and the tenant's daily cap; over budget: BUDGET_EXCEEDED, or Nano Banana 2 when allowed.
+        const admission = await budgets.admit({
+          jobId: String(job.id), data: jobData, candidate, fastModelIds: models.fast, state,
+          callBudgetMs: Math.min(config.UPSTREAM_TIMEOUT_MS, deadline !== undefined ? Math.max(0, deadline - now()) : Infinity),
+        });
+        if (admission.kind === 'exceeded') return fail(admission.error);
+        if (admission.kind === 'wait') {
+          appendHistory(progress, entry(attempt, null, null, 'requeued', 0, now(), admission.reason));
+          await save();
+          await job.moveToDelayed(admission.untilMs, token);
+          throw new DelayedError();
+        }
+        candidate = admission.candidate;
+        // Health: a half-open breaker admits one probe fleet-wide; losing the race means route again (now open).
+        let probeToken: string | undefined;
+        if (health?.[candidate.modelId]?.breaker === 'half-open') {
+          const claim = await deps.health!.claimProbe(candidate.modelId, now());
+          if (claim.kind === 'busy') {
+            await admission.reservation.release();
+            continue;
+          }
+          if (claim.kind === 'probe') probeToken = claim.token;
+        }
         log = log.child({ model: candidate.modelId });
         progress.route = { family: candidate.family, model: candidate.modelId, reason: candidate.reason };
         await save();
+
+        // 3a. Lane gate (src/lanes): a dispatch slot and an API key for this model now or very soon;
+        // otherwise the job waits in Redis (moveToDelayed, no attempt used), not in this worker's memory.
+        const gate = deps.lanes ? await deps.lanes.acquire(candidate.modelId, String(job.id)) : undefined;
+        if (gate && gate.kind !== 'go') await admission.reservation.release(); // VALUE: no call, no budget held
+        if (gate && gate.kind !== 'go' && probeToken) await deps.health!.releaseProbe(candidate.modelId, probeToken); // HEALTH: nor a probe
+        if (gate?.kind === 'no-keys') return fail(new PixelmillError('UPSTREAM_AUTH', gate.reason));
+        if (gate?.kind === 'wait') {
+          if (deadline !== undefined && gate.untilMs >= deadline) {
+            return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} comes before a dispatch slot (${gate.reason})`));
+          }
+          appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'requeued', 0, now(), gate.reason));
+          await save();
+          await job.moveToDelayed(gate.untilMs, token);
+          throw new DelayedError();
+        }
+        const lease = gate?.lease;
 
         // 3. Generate. The call's budget is the upstream timeout, or less when the deadline is nearer.
         const budget = Math.max(1, Math.min(config.UPSTREAM_TIMEOUT_MS, deadline !== undefined ? deadline - now() : Infinity));
         const started = now();
         let image: GeneratedImage;
         try {
-          image = await generator.generate({
-            modelId: candidate.modelId, prompt: req.prompt, size: req.size, aspectRatio: req.aspectRatio,
-            inputImages: inputs, timeoutMs: budget, signal: combined,
-          });
+          const call = candidate;
+          // VALUE: `around` settles the budget reservation with the call's actual cost (success or not).
+          // LANES: withLane releases the lane's in-flight slot when the call ends and feeds its outcome back (AIMD).
+          image = await admission.reservation.around(() => withLane(deps.lanes, lease, () => generator.generate({
+            modelId: call.modelId, prompt: req.prompt, size: req.size, aspectRatio: req.aspectRatio,
+            inputImages: inputs, timeoutMs: budget, signal: combined, ...(lease ? { apiKey: lease.apiKey } : {}),
+          })));
         } catch (err) {
+          if (combined.aborted && probeToken) await deps.health!.releaseProbe(candidate.modelId, probeToken).catch(() => false); // HEALTH
           if (combined.aborted) return stopped();
           const e = toPixelmillError(err);
           const latencyMs = now() - started;
+          await recordHealth(candidate, e.code, latencyMs, false, probeToken, log);
           const usage = e.details['usage'] as Usage | undefined;
           const cost = usage ? costFromUsage(candidate.family, usage) : 0;
           progress.costUsd = round6(progress.costUsd + cost);
@@ -198,7 +258,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           progress.error = e.toJSON();
           log.info({ code: e.code, latencyMs, err: e.message }, 'upstream call failed');
 
-          const next = await decideAfterFailure(e, candidate, req, progress);
+          const next = await decideAfterFailure(e, candidate, req, progress, lease);
           if (next === 'again') continue;
           if (next === 'retry') {
             await save();
@@ -207,11 +267,34 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           return fail(e);
         }
 
+        await recordHealth(candidate, 'succeeded', image.latencyMs, describeDegradation(image, candidate.family, want) !== undefined, probeToken, log);
+
         // 4. Store. A deterministic key: a retry overwrites, never duplicates.
         const key = outputKey(config, String(job.id), image.mimeType);
         const latencyMs = image.latencyMs;
         const cost = costFromUsage(candidate.family, image.usage);
         progress.costUsd = round6(progress.costUsd + cost);
+
+        // Output validation (VALUE, output-check.ts): a 200 whose image is not what was asked is
+        // DEGRADED, one history entry with that outcome (model health counts it); the tier's
+        // DEGRADED_ACTION says whether it is stored and flagged or retried.
+        const degraded = describeDegradation(image, candidate.family, want);
+        if (degraded) {
+          const verdict = decideDegraded({
+            action: degradedActionFor(config, req.tier), tier: req.tier, allowDowngrade: req.allowDowngrade, size: req.size,
+            aspectRatio: req.aspectRatio, family: candidate.family, attempt, lastAttempt: job.attemptsMade + 1 >= (job.opts.attempts ?? 1),
+            history: [...progress.history, { attempt, family: candidate.family, outcome: DEGRADED_OUTCOME }],
+          });
+          appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, DEGRADED_OUTCOME, latencyMs, now(), `${candidate.reason}; ${degraded}; ${verdict.note}`, cost));
+          log.info({ degraded, verdict: verdict.kind }, 'degraded answer');
+          if (verdict.kind !== 'accept') {
+            const e = new PixelmillError('DEGRADED', `${degraded} (${verdict.note})`);
+            progress.error = e.toJSON();
+            if (verdict.kind === 'other-model') continue;
+            await save();
+            throw e; // BullMQ retries after the backoff (an attempt is consumed)
+          }
+        }
         // Cancelled while the answer came in: the call is paid for, but nothing is stored.
         if (canceled()) return canceledWhileRunning();
         const put = await store
@@ -226,11 +309,11 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
             await save();
             throw e;
           });
-        appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'succeeded', latencyMs, now(), candidate.reason, cost));
+        // A degraded image that is kept already has its DEGRADED entry (one entry per call).
+        if (!degraded) appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'succeeded', latencyMs, now(), candidate.reason, cost));
         delete progress.error;
         await save();
 
-        const degraded = describeDegradation(image, candidate.family, want);
         log.info({ key, bytes: put.bytes, latencyMs, costUsd: cost, degraded }, 'image stored');
         const result: JobResult = {
           v: 1, key, bytes: put.bytes, sha256: put.sha256, width: image.width, height: image.height, mimeType: image.mimeType,
@@ -251,7 +334,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
 
   /** What to do after a failed call: try another candidate now, retry later, or give up. */
   async function decideAfterFailure(
-    e: PixelmillError, candidate: Candidate, req: StoredJobData['request'], progress: JobProgress,
+    e: PixelmillError, candidate: Candidate, req: StoredJobData['request'], progress: JobProgress, lease?: LaneLease,
   ): Promise<'again' | 'retry' | 'fail'> {
     switch (e.code as ErrorCode) {
       case 'RATE_LIMITED': {
@@ -261,9 +344,15 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           scope === 'day'
             ? nextMidnight(now())
             : now() + rateLimitDelay(e.retryAfterMs, progress, candidate.modelId) + cooldownJitter(e.retryAfterMs ?? 0, random);
-        await modelState.extendCooldown(candidate.modelId, untilMs);
+        // With lanes, the 429 (or the per-day quota) closes this (model, key) lane; the model as a whole
+        // cools down only when no other lane of it is open.
+        const modelUntil = lease ? await deps.lanes!.closeLane(lease, untilMs, `${e.code} (${String(scope ?? 'unknown')})`) : untilMs;
+        if (modelUntil > now()) await modelState.extendCooldown(candidate.modelId, modelUntil);
         return 'again';
       }
+      case 'UPSTREAM_AUTH':
+        // src/lanes: the key goes out of rotation; the job tries another key at once when one is left.
+        return lease && (await deps.lanes!.disableKey(lease, e.message)) ? 'again' : 'fail';
       case 'MODEL_NOT_FOUND':
         await modelState.markRetired(candidate.modelId, e.message);
         return 'again';
@@ -278,6 +367,18 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
       default:
         return e.retryable ? 'retry' : 'fail';
     }
+  }
+
+  /**
+   * Health: one call's outcome into the model's window and its breaker (lane id = model id until the
+   * breaker is keyed by lane). Health is advisory: a Redis hiccup here must not fail the job.
+   */
+  async function recordHealth(candidate: Candidate, outcome: string, latencyMs: number, degraded: boolean, probeToken: string | undefined, log: Logger): Promise<void> {
+    if (!deps.health) return;
+    await deps.health
+      .recordOutcome(candidate.modelId, { outcome, latencyMs, degraded, ...(probeToken ? { probeToken } : {}) }, now())
+      .then((b) => { if (b.breaker === 'open' && outcome !== 'succeeded') log.warn({ model: candidate.modelId, failures: b.consecutiveFailures }, 'breaker open'); })
+      .catch((err: unknown) => log.warn({ err: String(err) }, 'health record failed'));
   }
 
   /** Delay after a 429: the provider's RetryInfo when given, else doubling from the backoff base. */
@@ -323,19 +424,6 @@ async function loadInputImages(
       return { mimeType: img.mimeType ?? got.contentType ?? 'image/png', data: got.body };
     }),
   );
-}
-
-/** A 200 whose image is not what was asked: another model version or another pixel size. */
-function describeDegradation(image: GeneratedImage, family: ModelFamily, want: { width: number; height: number }): string | undefined {
-  const problems: string[] = [];
-  if (image.width !== want.width || image.height !== want.height) {
-    problems.push(`asked ${want.width}x${want.height}, got ${image.width}x${image.height}`);
-  }
-  const prefixes = CAPABILITIES[family].versionPrefixes;
-  if (image.modelVersion && !prefixes.some((p) => image.modelVersion!.startsWith(p))) {
-    problems.push(`answered by ${image.modelVersion}, not ${FAMILY_LABEL[family]}`);
-  }
-  return problems.length > 0 ? problems.join('; ') : undefined;
 }
 
 /**

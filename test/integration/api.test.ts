@@ -15,7 +15,7 @@ import { freePort } from '../../src/dev/free-port.js';
 import { jobResultSchema, type JobProgress, type JobResult } from '../../src/jobs/record.js';
 import { createLogger } from '../../src/logging/logger.js';
 import { createRedis } from '../../src/queue/connection.js';
-import { IMAGE_QUEUE, createImageQueue, idempotentJobId, keys } from '../../src/queue/image-queue.js';
+import { IMAGE_QUEUE, createImageQueue, encodeQueuePriority, idempotentJobId, keys } from '../../src/queue/image-queue.js';
 import type { JobView } from '../../src/queue/job-view.js';
 import { ImageJobProducer } from '../../src/queue/producer.js';
 import { createS3Store, outputKey, s3ClientConfig, type ObjectStore } from '../../src/storage/object-store.js';
@@ -159,7 +159,8 @@ describe('POST /v1/jobs', () => {
 
     const job = await h.queue.getJob(res.body.id);
     expect(job).toBeDefined();
-    expect(job!.opts.priority).toBe(7);
+    // Request priority 7 at position 0 (a single job), see encodeQueuePriority.
+    expect(job!.opts.priority).toBe(encodeQueuePriority(7, 0));
     expect(await job!.getState()).toBe('prioritized');
     const expectedKey = `${h.config.S3_KEY_PREFIX}/inputs/${res.body.id}/0.png`;
     expect(job!.data.request.inputImages).toEqual([{ s3Key: expectedKey, mimeType: 'image/png' }]);

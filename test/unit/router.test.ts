@@ -117,3 +117,55 @@ describe('router', () => {
     expect(route(job(), c)).toEqual(route(job(), c));
   });
 });
+
+describe('router with model health', () => {
+  const healthy = { throttled: false, rate429: 0, windowMs: 300_000, breaker: 'closed' as const };
+  const throttled = { ...healthy, throttled: true, rate429: 0.42 };
+
+  it('standard: moves to Pro when Nano Banana 2 is throttled, even off-peak, and back when it recovers', () => {
+    const d = route(job(), ctx({ health: { 'flash-ga': throttled, 'pro-ga': healthy } }));
+    expect(order(d)).toEqual(['pro-ga', 'flash-ga']);
+    expect(d.kind === 'dispatch' && d.candidates[0]!.reason).toMatch(/Nano Banana 2 throttled: 429 rate 42% over the last 5 min/);
+    expect(order(route(job(), ctx({ health: { 'flash-ga': healthy } })))).toEqual(['flash-ga', 'pro-ga']);
+    // Both throttled: the tier's own order stands.
+    expect(order(route(job(), ctx({ health: { 'flash-ga': throttled, 'pro-ga': throttled } })))).toEqual(['flash-ga', 'pro-ga']);
+    // Pro cannot render 512: the job stays on Nano Banana 2.
+    expect(order(route(job({ size: '512' }), ctx({ health: { 'flash-ga': throttled } })))).toEqual(['flash-ga']);
+    // The health of a retired id does not matter; the id in use does.
+    expect(order(route(job(), ctx({ state: { cooldownUntil: {}, retired: new Set(['flash-ga']) }, health: { 'flash-ga': throttled } }))))
+      .toEqual(['flash-preview', 'pro-ga']);
+  });
+
+  it('draft never upgrades and premium never downgrades because of throttling', () => {
+    const health = { 'flash-ga': throttled, 'pro-ga': throttled };
+    expect(order(route(job({ tier: 'draft' }), ctx({ health })))).toEqual(['flash-ga']);
+    expect(order(route(job({ tier: 'premium' }), ctx({ health })))).toEqual(['pro-ga']);
+    expect(order(route(job({ tier: 'premium', allowDowngrade: true }), ctx({ health: { 'pro-ga': throttled } })))).toEqual(['pro-ga', 'flash-ga']);
+  });
+
+  it('skips a model whose breaker is open, like a cooling one', () => {
+    const open = { ...healthy, breaker: 'open' as const, breakerRetryAt: OFF_PEAK + 20_000 };
+    const d = route(job(), ctx({ health: { 'flash-ga': open } }));
+    expect(order(d)).toEqual(['pro-ga']);
+    expect(d.kind === 'dispatch' && d.candidates[0]!.reason).toMatch(/fallback to Nano Banana Pro: flash-ga breaker open/);
+    // Nothing else left: wait until the breaker admits a probe, rather than fail.
+    expect(route(job({ tier: 'draft' }), ctx({ health: { 'flash-ga': open } }))).toMatchObject({ kind: 'wait', untilMs: OFF_PEAK + 20_000, reason: expect.stringMatching(/breaker open/) });
+    // Open breaker on one, cooldown on the other: the sooner of the two.
+    const mixed = route(job(), ctx({ health: { 'flash-ga': open }, state: { cooldownUntil: { 'pro-ga': OFF_PEAK + 5_000 }, retired: new Set() } }));
+    expect(mixed).toMatchObject({ kind: 'wait', untilMs: OFF_PEAK + 5_000 });
+    expect(mixed.kind === 'wait' && mixed.reason).toMatch(/flash-ga breaker open.*pro-ga cooling down|pro-ga cooling down.*flash-ga breaker open/);
+  });
+
+  it('half-open: the model is a candidate again and the call is the probe', () => {
+    const d = route(job({ tier: 'draft' }), ctx({ health: { 'flash-ga': { ...healthy, breaker: 'half-open' } } }));
+    expect(order(d)).toEqual(['flash-ga']);
+    expect(d.kind === 'dispatch' && d.candidates[0]!.reason).toMatch(/breaker half-open: this call is the probe/);
+  });
+
+  it('is pure with health too', () => {
+    const c = ctx({ health: { 'flash-ga': throttled } });
+    const before = JSON.stringify(c.health);
+    expect(route(job(), c)).toEqual(route(job(), c));
+    expect(JSON.stringify(c.health)).toBe(before);
+  });
+});

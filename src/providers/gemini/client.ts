@@ -21,6 +21,7 @@ import { pixelSize } from '../../models/catalogue.js';
 import { classifyErrorResponse } from './classify-error.js';
 import { parseGenerateContentResponse } from './parse-response.js';
 import { buildGenerateContentBody } from './request-body.js';
+import { primaryApiKey } from '../../lanes/keys.js';
 import type { GeneratedImage, GenerateImageRequest, ImageGenerator } from './types.js';
 
 /** Largest body we read: a 4K PNG as base64 plus a thought signature of the same order, with room to spare. */
@@ -125,7 +126,7 @@ export class GeminiClient implements ImageGenerator {
       response = await request(url, {
         dispatcher: this.dispatcher,
         method: 'POST',
-        headers: this.headers(req.timeoutMs),
+        headers: this.headers(req.timeoutMs, req.apiKey ?? this.apiKey),
         body: JSON.stringify(buildGenerateContentBody(req)),
         signal: abort.signal,
         headersTimeout: socketTimeoutMs,
@@ -175,13 +176,13 @@ export class GeminiClient implements ImageGenerator {
     if (this.ownsDispatcher) await this.dispatcher.close();
   }
 
-  private headers(timeoutMs: number): Record<string, string> {
+  private headers(timeoutMs: number, apiKey: string): Record<string, string> {
     const headers: Record<string, string> = {
       'content-type': 'application/json',
       // Tells the server our budget so it may stop work we will not wait for (js-genai sends it too).
       'x-server-timeout': String(Math.max(1, Math.ceil(timeoutMs / 1000))),
     };
-    if (this.apiKey !== '') headers['x-goog-api-key'] = this.apiKey;
+    if (apiKey !== '') headers['x-goog-api-key'] = apiKey;
     return headers;
   }
 
@@ -235,7 +236,8 @@ export function createGeminiClient(
 ): GeminiClient {
   const options: GeminiClientOptions = {
     baseUrl: config.GEMINI_BASE_URL,
-    apiKey: config.GEMINI_API_KEY ?? '',
+    // GEMINI_API_KEY may list several keys (one lane each); calls without a lane use the first.
+    apiKey: primaryApiKey(config),
     timeoutMs: config.UPSTREAM_TIMEOUT_MS,
   };
   const connections = opts.connections ?? config.WORKER_CONCURRENCY;

@@ -17,6 +17,8 @@ export interface GenerateImageRequest {
   timeoutMs: number;
   /** Aborts the call (job cancelled, worker shutting down). */
   signal?: AbortSignal;
+  /** The API key for this call (the lane's key, see src/lanes); overrides the client's own. */
+  apiKey?: string;
 }
 
 export type OutputMimeType = 'image/jpeg' | 'image/png' | 'image/webp';

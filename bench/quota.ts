@@ -1,0 +1,656 @@
+/**
+ * `npm run bench:quota [-- --jobs N --concurrency C --q-fast Q1 --q-pro Q2 --minute-ms M --seed S
+ *                        --scenarios offpeak,storm --no-record]`
+ *
+ * How close pixelmill gets to the quotas' ceiling, and how many calls it wastes on the way, against
+ * the Gemini simulator with per-minute quotas (Nano Banana 2: Q1, Pro: Q2 requests per simulated
+ * minute) on a scaled clock (a simulated minute lasts M real ms; latencies scale the same way).
+ * N standard-tier 1K jobs per run, in two scenarios:
+ *
+ *   offpeak  the quotas as given all along
+ *   storm    a 429 storm: Nano Banana 2 at 30 % of its quota (and twice as slow: the simulator's peak
+ *            mode) from simulated minute 1 to minute 3 of the run, then back to normal
+ *
+ * and four clients per scenario, one after the other against the same simulator (its stats and quota
+ * buckets reset before each run), all at the same concurrency C:
+ *
+ *   pixelmill                 jobs POSTed to the real HTTP API (in this process), the real image
+ *                             worker in its own process, images stored in s3rver
+ *   seed, as written          the seeds' generate_with_fallback(prefer="fast", max_retries=2) in
+ *                             TypeScript: 3 calls at most (Nano Banana 2, then Pro, Pro), 429 or
+ *                             timeout → next call at once, other errors → sleep 2 s; gives up
+ *   seed, until success       the same function re-run until it returns an image
+ *   BullMQ attempts+backoff   a plain BullMQ worker: Nano Banana 2, Pro on 429; anything else thrown
+ *                             and retried by BullMQ (attempts 5, exponential backoff from 2 s); no
+ *                             shared cooldown, no RetryInfo
+ *
+ * The baselines call the simulator with pixelmill's own GeminiClient and store their images in the
+ * same s3rver, so the work per image is the same. Their time constants (2 s sleep, 90 s timeout,
+ * backoff) are in simulated seconds, scaled like everything else.
+ *
+ * Prints one table (makespan against the lower bound, jobs lost, 429s per success, cost per image,
+ * p50/p99 job latency) and pixelmill's targets with PASS/FAIL; appends both to bench/RESULTS.md
+ * unless --no-record. A FAIL does not fail the process. See bench/README.md.
+ */
+import { setMaxListeners } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { Queue, Worker, type Job } from 'bullmq';
+import { Pool, request } from 'undici';
+import { startApiServer } from '../src/api/server.js';
+import { configFrom, configSchema } from '../src/config/env.js';
+import { startRedisServer } from '../src/dev/redis-server.js';
+import { S3RVER_CREDENTIALS } from '../src/dev/s3-server.js';
+import { isPixelmillError } from '../src/errors/catalogue.js';
+import { jobProgressSchema, type JobResult } from '../src/jobs/record.js';
+import { silentLogger } from '../src/logging/logger.js';
+import type { ModelFamily } from '../src/models/catalogue.js';
+import { costFromUsage } from '../src/models/pricing.js';
+import { GeminiClient } from '../src/providers/gemini/client.js';
+import type { GeneratedImage } from '../src/providers/gemini/types.js';
+import { createRedis } from '../src/queue/connection.js';
+import { IMAGE_QUEUE } from '../src/queue/image-queue.js';
+import type { SimulatorStats } from '../src/simulator/server.js';
+import { createS3Store, type ObjectStore } from '../src/storage/object-store.js';
+import {
+  cleanups, fmt, machineLine, markdownTable, quantile, record, runBench, sleep, spawnTsx, startService, timeout, type Child,
+} from './harness.js';
+
+const BUCKET = 'pixelmill-bench';
+const FAST_ID = 'gemini-3.1-flash-image';
+const PRO_ID = 'gemini-3-pro-image';
+/** The simulator's peak mode gives Nano Banana 2 this share of its quota: "drops by 70 %". */
+const STORM_QUOTA_FACTOR = 0.3;
+/** Storm window in simulated minutes from the start of a run. */
+const STORM_FROM_MIN = 1;
+const STORM_TO_MIN = 3;
+
+interface Options {
+  jobs: number;
+  concurrency: number;
+  qFast: number;
+  qPro: number;
+  minuteMs: number;
+  seed: number;
+  scenarios: Scenario[];
+  record: boolean;
+}
+
+type Scenario = 'offpeak' | 'storm';
+
+function parseOptions(argv: string[]): Options {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      jobs: { type: 'string', default: '1000' },
+      concurrency: { type: 'string', default: '64' },
+      'q-fast': { type: 'string', default: '150' },
+      'q-pro': { type: 'string', default: '50' },
+      'minute-ms': { type: 'string', default: '4000' },
+      seed: { type: 'string', default: '1' },
+      scenarios: { type: 'string', default: 'offpeak,storm' },
+      'no-record': { type: 'boolean', default: false },
+    },
+  });
+  const int = (flag: string, raw: string, min: number, max: number): number => {
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${flag} must be a whole number from ${min} to ${max}, not "${raw}"`);
+    return n;
+  };
+  const scenarios = values.scenarios.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const s of scenarios) if (s !== 'offpeak' && s !== 'storm') throw new Error(`--scenarios: unknown scenario "${s}" (offpeak, storm)`);
+  return {
+    jobs: int('jobs', values.jobs, 1, 100_000),
+    concurrency: int('concurrency', values.concurrency, 1, 1000),
+    qFast: int('q-fast', values['q-fast'], 1, 100_000),
+    qPro: int('q-pro', values['q-pro'], 1, 100_000),
+    minuteMs: int('minute-ms', values['minute-ms'], 100, 60_000),
+    seed: int('seed', values.seed, 0, 2 ** 31),
+    scenarios: scenarios as Scenario[],
+    record: !values['no-record'],
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scaled clock and the lower bound
+
+/** Capacity of both quotas together at simulated minute t (requests per simulated minute). */
+function capacityAt(opts: Options, scenario: Scenario, minute: number): number {
+  const storm = scenario === 'storm' && minute >= STORM_FROM_MIN && minute < STORM_TO_MIN;
+  return opts.qFast * (storm ? STORM_QUOTA_FACTOR : 1) + opts.qPro;
+}
+
+/**
+ * The issue's lower bound in simulated minutes: the time at which the quotas, at their rate, admit N
+ * requests (N/(Q1+Q2) off-peak; integrated over the storm's lower rate otherwise). It ignores the
+ * generation latency and the simulator's initial burst (each bucket starts full, Q tokens), which
+ * work in opposite directions; `burstBoundMin` accounts for the burst.
+ */
+function lowerBoundMin(opts: Options, scenario: Scenario, jobs = opts.jobs): number {
+  let served = 0;
+  const step = 1 / 600;
+  let t = 0;
+  for (; served < jobs; t += step) served += capacityAt(opts, scenario, t) * step;
+  return t;
+}
+
+function burstBoundMin(opts: Options, scenario: Scenario): number {
+  return lowerBoundMin(opts, scenario, Math.max(0, opts.jobs - opts.qFast - opts.qPro));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Simulator control
+
+interface Env {
+  opts: Options;
+  redisUrl: string;
+  s3Url: string;
+  simUrl: string;
+  timeScale: number;
+}
+
+async function simPost(env: Env, path: string, body: unknown): Promise<void> {
+  const res = await request(`${env.simUrl}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const text = await res.body.text();
+  if (res.statusCode !== 200) throw new Error(`simulator ${path} answered ${res.statusCode}: ${text}`);
+}
+
+async function simStats(env: Env): Promise<SimulatorStats> {
+  const res = await request(`${env.simUrl}/_sim/stats`);
+  return (await res.body.json()) as SimulatorStats;
+}
+
+/** Zero the simulator's stats and quota buckets and end any peak: every run starts from the same state. */
+async function resetSimulator(env: Env): Promise<void> {
+  await simPost(env, '/_sim/peak', { peak: 'off' });
+  await simPost(env, '/_sim/reset', {});
+}
+
+/** Switch the storm on and off at its simulated minutes from now; returns a canceller. */
+function scheduleStorm(env: Env, scenario: Scenario): () => void {
+  if (scenario !== 'storm') return () => {};
+  const timers = [
+    setTimeout(() => void simPost(env, '/_sim/peak', { peak: 'on' }).catch((e: unknown) => console.error(`storm on: ${String(e)}`)), STORM_FROM_MIN * env.opts.minuteMs),
+    setTimeout(() => void simPost(env, '/_sim/peak', { peak: 'off' }).catch((e: unknown) => console.error(`storm off: ${String(e)}`)), STORM_TO_MIN * env.opts.minuteMs),
+  ];
+  return () => timers.forEach(clearTimeout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+interface RunResult {
+  scenario: Scenario;
+  name: string;
+  /** Whether this run's figures are judged against pixelmill's targets. */
+  isPixelmill: boolean;
+  makespanMs: number;
+  succeeded: number;
+  lost: number;
+  /** Jobs neither succeeded nor failed when the run's time limit passed (counted in `lost`). */
+  unfinished: number;
+  rateLimited: number;
+  calls: number;
+  costUsd: number;
+  latenciesMs: number[];
+  /** Images made by Nano Banana Pro (the rest by Nano Banana 2). */
+  proImages: number;
+  note?: string;
+}
+
+/** A run that has not finished after this many lower bounds is stopped; what is left counts as lost. */
+const RUN_LIMIT_BOUNDS = 6;
+
+function runLimitMs(env: Env, scenario: Scenario): number {
+  return Math.max(30_000, RUN_LIMIT_BOUNDS * lowerBoundMin(env.opts, scenario) * env.opts.minuteMs);
+}
+
+function prompt(run: string, i: number): string {
+  return `${run} job ${i}: a lighthouse on a cliff at dawn, photorealistic`;
+}
+
+async function countSimulator(env: Env): Promise<{ rateLimited: number; calls: number }> {
+  const stats = await simStats(env);
+  let rateLimited = 0;
+  let calls = 0;
+  for (const s of Object.values(stats)) {
+    rateLimited += s.rateLimited;
+    calls += s.requests;
+  }
+  return { rateLimited, calls };
+}
+
+/**
+ * pixelmill's time constants on the simulator's scaled clock: durations × timeScale, rates per minute
+ * ÷ timeScale (a lane's learned rpm is per real minute, the simulator's quota per simulated minute).
+ * Each is set only when the configuration in the tree has it (other helpers add knobs as the bench
+ * runs), from its default.
+ */
+const SCALED_DURATIONS = ['UPSTREAM_TIMEOUT_MS', 'BACKOFF_BASE_MS', 'BACKOFF_CAP_MS', 'LANE_MAX_HOLD_MS', 'HEALTH_WINDOW', 'HEALTH_BUCKET', 'BREAKER_OPEN_MS'];
+const SCALED_RATES = ['LANE_INITIAL_RPM', 'LANE_MIN_RPM', 'LANE_AIMD_STEP_RPM'];
+
+function scaledKnobs(timeScale: number): Record<string, string> {
+  const shape = (configSchema as unknown as { shape?: Record<string, unknown> }).shape ?? {};
+  const defaults = configFrom({}) as unknown as Record<string, unknown>;
+  const out: Record<string, string> = {};
+  for (const key of SCALED_DURATIONS) {
+    const v = defaults[key];
+    if (key in shape && typeof v === 'number') out[key] = String(Math.max(1, Math.round(v * timeScale)));
+  }
+  for (const key of SCALED_RATES) {
+    const v = defaults[key];
+    if (key in shape && typeof v === 'number') out[key] = String(Math.round((v / timeScale) * 1000) / 1000);
+  }
+  return out;
+}
+
+function workerEnv(env: Env, prefix: string): Record<string, string> {
+  return {
+    NODE_ENV: 'production', LOG_LEVEL: 'silent', PORT: '0',
+    REDIS_URL: env.redisUrl, QUEUE_PREFIX: prefix,
+    S3_ENDPOINT: env.s3Url, S3_BUCKET: BUCKET, S3_FORCE_PATH_STYLE: 'true', S3_KEY_PREFIX: `images-${prefix}`,
+    S3_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId, S3_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+    GEMINI_BASE_URL: env.simUrl, GEMINI_API_KEY: 'bench-key',
+    MODEL_FAST: FAST_ID, MODEL_PRO: PRO_ID,
+    // pixelmill does not know about the storm from a clock: it must learn it from the 429s.
+    PEAK_WINDOWS: 'none',
+    WORKER_CONCURRENCY: String(env.opts.concurrency),
+    SHUTDOWN_GRACE: '2s',
+    ...scaledKnobs(env.timeScale),
+  };
+}
+
+/** pixelmill: API (this process) → BullMQ → image worker (own process) → simulator → s3rver. */
+async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
+  const { jobs } = env.opts;
+  const prefix = `quota-${scenario}`;
+  const vars = workerEnv(env, prefix);
+  const config = configFrom(vars);
+  const worker: Child = spawnTsx('workers/image-worker.ts', [], {
+    PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/root', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...vars,
+  });
+  worker.proc.stdout?.resume(); // silent, but a full pipe must never block it
+  const api = await startApiServer(config, { logger: silentLogger() });
+  const queueConnection = createRedis(config, 'worker');
+  const queue = new Queue(IMAGE_QUEUE, { connection: queueConnection, prefix });
+  const pool = new Pool(api.url, { connections: 16 });
+  const release = async (): Promise<void> => {
+    await pool.close();
+    await api.close();
+    await queue.close();
+    queueConnection.disconnect();
+    await worker.stop();
+  };
+  try {
+    const submit = async (text: string): Promise<string> => {
+      const res = await pool.request({
+        path: '/v1/jobs', method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt: text, tier: 'standard', size: '1K', aspectRatio: '1:1' }),
+      });
+      const body = await res.body.text();
+      if (res.statusCode !== 202) throw new Error(`POST /v1/jobs answered ${res.statusCode}: ${body.slice(0, 300)}`);
+      return (JSON.parse(body) as { id: string }).id;
+    };
+    const finished = async (): Promise<number> => {
+      const c = await queue.getJobCounts('completed', 'failed');
+      return (c['completed'] ?? 0) + (c['failed'] ?? 0);
+    };
+
+    // Warm-up (not counted): the worker compiles and connects; then the quota buckets are reset.
+    await submit(`${prefix} warm-up`);
+    const warmupDeadline = Date.now() + 60_000;
+    while ((await finished()) < 1) {
+      if (Date.now() > warmupDeadline) throw new Error('pixelmill warm-up job did not finish within 60 s');
+      await Promise.race([sleep(100), worker.died]);
+    }
+    await queue.clean(0, 0, 'completed');
+    await queue.clean(0, 0, 'failed');
+    await resetSimulator(env);
+
+    const t0 = Date.now();
+    const stopStorm = scheduleStorm(env, scenario);
+    const limit = t0 + runLimitMs(env, scenario);
+    try {
+      let next = 0;
+      const submitter = async (): Promise<void> => {
+        while (next < jobs) await submit(prompt(prefix, next++));
+      };
+      await Promise.all(Array.from({ length: 16 }, submitter));
+      while ((await finished()) < jobs && Date.now() < limit) await Promise.race([sleep(100), worker.died]);
+    } finally {
+      stopStorm();
+    }
+    const sim = await countSimulator(env);
+
+    const completed = (await queue.getJobs(['completed'])) as Job<unknown, JobResult>[];
+    const failed = await queue.getJobs(['failed']);
+    const finishedJobs = [...completed, ...failed];
+    const latenciesMs = completed.map((j) => (j.finishedOn ?? 0) - j.timestamp);
+    let costUsd = 0;
+    for (const j of completed) costUsd += j.returnvalue?.totalCostUsd ?? 0;
+    for (const j of failed) costUsd += jobProgressSchema.safeParse(j.progress).data?.costUsd ?? 0;
+    const lastFinish = Math.max(t0, ...finishedJobs.map((j) => j.finishedOn ?? 0));
+    const failedCodes = new Map<string, number>();
+    for (const j of failed) {
+      const code = jobProgressSchema.safeParse(j.progress).data?.error?.code ?? j.failedReason ?? 'unknown';
+      failedCodes.set(code, (failedCodes.get(code) ?? 0) + 1);
+    }
+    const unfinished = jobs - finishedJobs.length;
+    return {
+      scenario, name: 'pixelmill', isPixelmill: true,
+      makespanMs: unfinished > 0 ? Date.now() - t0 : lastFinish - t0,
+      succeeded: completed.length, lost: failed.length + unfinished, unfinished,
+      rateLimited: sim.rateLimited, calls: sim.calls, costUsd, latenciesMs,
+      proImages: completed.filter((j) => j.returnvalue?.family === 'pro').length,
+      ...(failedCodes.size > 0 ? { note: `failed: ${[...failedCodes].map(([c, n]) => `${c} ×${n}`).join(', ')}` } : {}),
+    };
+  } finally {
+    await release();
+  }
+}
+
+/** What the seeds' client does with one image: call, and store it like pixelmill does. */
+interface BaselineClient {
+  client: GeminiClient;
+  store: ObjectStore;
+  /** Stops the run: loops end at their next step, calls in flight are aborted. */
+  stop: AbortController;
+  costUsd: number;
+  proImages: number;
+}
+
+function newBaselineClient(env: Env): BaselineClient {
+  const client = new GeminiClient({
+    baseUrl: env.simUrl, apiKey: 'bench-key', timeoutMs: Math.max(1_000, Math.round(360_000 * env.timeScale)), connections: env.opts.concurrency,
+  });
+  const config = configFrom(workerEnv(env, 'quota-baseline'));
+  const store = createS3Store(config, { maxSockets: env.opts.concurrency });
+  const stop = new AbortController();
+  // Every call in flight listens on it (and stops listening when it ends): not a leak.
+  setMaxListeners(0, stop.signal);
+  return { client, store, stop, costUsd: 0, proImages: 0 };
+}
+
+async function closeBaselineClient(b: BaselineClient): Promise<void> {
+  b.stop.abort();
+  await b.client.close();
+  b.store.destroy();
+}
+
+/** One generateContent call; the cost of what it answered (image or not) is added to the run. */
+async function call(b: BaselineClient, env: Env, modelId: string, family: ModelFamily, text: string, timeoutSimSeconds: number): Promise<GeneratedImage> {
+  try {
+    const image = await b.client.generate({
+      modelId, prompt: text, size: '1K', aspectRatio: '1:1', inputImages: [],
+      timeoutMs: Math.max(1, Math.round(timeoutSimSeconds * 1000 * env.timeScale)), signal: b.stop.signal,
+    });
+    b.costUsd += costFromUsage(family, image.usage);
+    if (family === 'pro') b.proImages++;
+    return image;
+  } catch (err) {
+    const usage = isPixelmillError(err) ? (err.details['usage'] as Parameters<typeof costFromUsage>[1] | undefined) : undefined;
+    if (usage) b.costUsd += costFromUsage(family, usage);
+    throw err;
+  }
+}
+
+/**
+ * The seeds' `generate_with_fallback(prompt, prefer="fast", max_retries=2)`, call for call:
+ * attempt 0 on Nano Banana 2, attempts 1 and 2 on Pro; a 429 or a timeout (90 s) moves on at once,
+ * any other error sleeps 2 s first; after the third attempt it returns null.
+ */
+async function seedGenerateWithFallback(b: BaselineClient, env: Env, text: string): Promise<GeneratedImage | null> {
+  const maxRetries = 2;
+  for (let attempt = 0; attempt < maxRetries + 1; attempt++) {
+    if (b.stop.signal.aborted) return null;
+    const [modelId, family]: [string, ModelFamily] = attempt === 0 ? [FAST_ID, 'fast'] : [PRO_ID, 'pro'];
+    try {
+      return await call(b, env, modelId, family, text, 90);
+    } catch (err) {
+      if (b.stop.signal.aborted) return null;
+      const code = isPixelmillError(err) ? err.code : 'OTHER';
+      if (code === 'RATE_LIMITED' || code === 'UPSTREAM_TIMEOUT') continue;
+      await sleep(2_000 * env.timeScale);
+    }
+  }
+  return null;
+}
+
+/** The seed loop at concurrency C, either once per job (as written) or re-run until it returns an image. */
+async function runSeed(env: Env, scenario: Scenario, untilSuccess: boolean): Promise<RunResult> {
+  const { jobs, concurrency } = env.opts;
+  const b = newBaselineClient(env);
+  const name = untilSuccess ? 'seed loop, retried until success' : 'seed loop, as written (gives up)';
+  const tag = `seed-${untilSuccess ? 'retry' : 'once'}-${scenario}`;
+  try {
+    await resetSimulator(env);
+    const latenciesMs: number[] = [];
+    let succeeded = 0;
+    let lost = 0;
+    const t0 = Date.now();
+    const stopStorm = scheduleStorm(env, scenario);
+    const limitTimer = setTimeout(() => b.stop.abort(), runLimitMs(env, scenario));
+    let lastFinish = t0;
+    try {
+      let next = 0;
+      const lane = async (): Promise<void> => {
+        while (next < jobs && !b.stop.signal.aborted) {
+          const i = next++;
+          const text = prompt(tag, i);
+          let image = await seedGenerateWithFallback(b, env, text);
+          while (untilSuccess && image === null && !b.stop.signal.aborted) image = await seedGenerateWithFallback(b, env, text);
+          if (image === null) {
+            if (!b.stop.signal.aborted) lost++;
+            continue;
+          }
+          await b.store.put(`baseline/${tag}/${i}.jpg`, image.bytes, image.mimeType);
+          succeeded++;
+          lastFinish = Date.now();
+          latenciesMs.push(lastFinish - t0);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(concurrency, jobs) }, lane));
+    } finally {
+      stopStorm();
+      clearTimeout(limitTimer);
+    }
+    const unfinished = jobs - succeeded - lost;
+    const sim = await countSimulator(env);
+    return {
+      scenario, name, isPixelmill: false, makespanMs: (unfinished > 0 ? Date.now() : lastFinish) - t0,
+      succeeded, lost: lost + unfinished, unfinished, rateLimited: sim.rateLimited, calls: sim.calls, costUsd: b.costUsd, latenciesMs,
+      proImages: b.proImages,
+    };
+  } finally {
+    await closeBaselineClient(b);
+  }
+}
+
+/** A plain BullMQ worker: attempts 5, exponential backoff from 2 s (simulated), no shared cooldown. */
+async function runBullmq(env: Env, scenario: Scenario): Promise<RunResult> {
+  const { jobs, concurrency } = env.opts;
+  const b = newBaselineClient(env);
+  const prefix = `quota-bullmq-${scenario}`;
+  const config = configFrom(workerEnv(env, prefix));
+  const producerConnection = createRedis(config, 'worker');
+  const workerConnection = createRedis(config, 'worker');
+  const queueName = 'plain-images';
+  const queue = new Queue(queueName, { connection: producerConnection, prefix });
+  const worker = new Worker(
+    queueName,
+    async (job: Job<{ i: number }>) => {
+      const text = prompt(prefix, job.data.i);
+      let image: GeneratedImage;
+      try {
+        image = await call(b, env, FAST_ID, 'fast', text, 360);
+      } catch (err) {
+        // The usual hand-written fallback: Pro when Nano Banana 2 is rate limited; everything else is retried by BullMQ.
+        if (!(isPixelmillError(err) && err.code === 'RATE_LIMITED')) throw err;
+        image = await call(b, env, PRO_ID, 'pro', text, 360);
+      }
+      await b.store.put(`baseline/${prefix}/${job.data.i}.jpg`, image.bytes, image.mimeType);
+      return { ok: true };
+    },
+    { connection: workerConnection, prefix, concurrency, autorun: false },
+  );
+  worker.on('error', () => {}); // counted through the job states
+  try {
+    await worker.waitUntilReady();
+    await resetSimulator(env);
+    const t0 = Date.now();
+    const stopStorm = scheduleStorm(env, scenario);
+    const limit = t0 + runLimitMs(env, scenario);
+    try {
+      const backoff = { type: 'exponential', delay: Math.max(1, Math.round(2_000 * env.timeScale)) };
+      for (let i = 0; i < jobs; i += 500) {
+        await queue.addBulk(
+          Array.from({ length: Math.min(500, jobs - i) }, (_, k) => ({ name: 'generate', data: { i: i + k }, opts: { attempts: 5, backoff } })),
+        );
+      }
+      void worker.run();
+      for (;;) {
+        const c = await queue.getJobCounts('completed', 'failed');
+        if ((c['completed'] ?? 0) + (c['failed'] ?? 0) >= jobs || Date.now() > limit) break;
+        await sleep(100);
+      }
+    } finally {
+      stopStorm();
+    }
+    await worker.close(true);
+    const sim = await countSimulator(env);
+    const completed = await queue.getJobs(['completed']);
+    const failed = await queue.getJobs(['failed']);
+    const finishedJobs = [...completed, ...failed];
+    const unfinished = jobs - finishedJobs.length;
+    const lastFinish = Math.max(t0, ...finishedJobs.map((j) => j.finishedOn ?? 0));
+    return {
+      scenario, name: 'BullMQ attempts 5 + exp. backoff', isPixelmill: false,
+      makespanMs: (unfinished > 0 ? Date.now() : lastFinish) - t0,
+      succeeded: completed.length, lost: failed.length + unfinished, unfinished,
+      rateLimited: sim.rateLimited, calls: sim.calls, costUsd: b.costUsd,
+      latenciesMs: completed.map((j) => (j.finishedOn ?? 0) - j.timestamp),
+      proImages: b.proImages,
+    };
+  } finally {
+    await worker.close(true).catch(() => {});
+    await queue.obliterate({ force: true }).catch(() => {});
+    await queue.close();
+    workerConnection.disconnect();
+    producerConnection.disconnect();
+    await closeBaselineClient(b);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+function report(env: Env, runs: RunResult[]): string {
+  const { opts } = env;
+  const minutes = (ms: number) => ms / opts.minuteMs;
+  const rows = runs.map((r) => {
+    const bound = lowerBoundMin(opts, r.scenario);
+    return [
+      r.scenario, r.name, fmt(r.makespanMs / 1000, 1), fmt(minutes(r.makespanMs), 2), `${fmt(minutes(r.makespanMs) / bound, 2)}×`,
+      String(r.succeeded), r.unfinished > 0 ? `${r.lost} (${r.unfinished} unfinished)` : String(r.lost),
+      String(r.rateLimited), fmt(r.succeeded > 0 ? r.rateLimited / r.succeeded : undefined, 3),
+      fmt(r.succeeded > 0 ? r.calls / r.succeeded : undefined, 2),
+      r.succeeded > 0 ? `$${fmt(r.costUsd / r.succeeded, 4)}` : 'n/a',
+      r.succeeded > 0 ? `${fmt((100 * r.proImages) / r.succeeded, 0)} %` : 'n/a',
+      fmt(minutes(quantile(r.latenciesMs, 0.5) ?? NaN) * 60, 0), fmt(minutes(quantile(r.latenciesMs, 0.99) ?? NaN) * 60, 0),
+    ];
+  });
+  const table = markdownTable(
+    ['scenario', 'client', 'makespan s', 'sim min', '÷ bound', 'ok', 'lost', '429s', '429/ok', 'calls/ok', '$/image', 'by Pro', 'p50 sim s', 'p99 sim s'],
+    rows,
+    [false, false, true, true, true, true, true, true, true, true, true, true, true, true],
+  );
+
+  const targets: string[][] = [];
+  for (const scenario of opts.scenarios) {
+    const pm = runs.find((r) => r.scenario === scenario && r.isPixelmill);
+    if (!pm) continue;
+    const bound = lowerBoundMin(opts, scenario);
+    const ratio = minutes(pm.makespanMs) / bound;
+    const per429 = pm.succeeded > 0 ? pm.rateLimited / pm.succeeded : Infinity;
+    const pass = (ok: boolean) => (ok ? 'PASS' : 'FAIL');
+    targets.push([scenario, 'makespan ≤ 1.15 × lower bound', `${fmt(ratio, 2)}×`, pass(ratio <= 1.15)]);
+    targets.push([scenario, '429 answers ≤ 5 % of successes', `${fmt(100 * per429, 1)} %`, pass(per429 <= 0.05)]);
+    targets.push([scenario, 'no job lost', String(pm.lost), pass(pm.lost === 0)]);
+    const lossless = runs.filter((r) => r.scenario === scenario && !r.isPixelmill && r.lost === 0);
+    const fastest = lossless.reduce<RunResult | undefined>((a, r) => (a === undefined || r.makespanMs < a.makespanMs ? r : a), undefined);
+    targets.push([
+      scenario, 'never slower than a baseline that loses no job',
+      fastest ? `${fmt(pm.makespanMs / 1000, 1)} s vs ${fmt(fastest.makespanMs / 1000, 1)} s (${fastest.name})` : 'no baseline lost no job',
+      pass(fastest === undefined || pm.makespanMs <= fastest.makespanMs),
+    ]);
+  }
+  const targetTable = markdownTable(['scenario', 'pixelmill target', 'measured', 'result'], targets, [false, false, true, false]);
+
+  const notes = runs.filter((r) => r.note).map((r) => `- ${r.scenario}, ${r.name}: ${r.note}`);
+  const bounds = opts.scenarios.map((s) =>
+    `${s} ${fmt(lowerBoundMin(opts, s), 2)} sim min = ${fmt((lowerBoundMin(opts, s) * opts.minuteMs) / 1000, 1)} s (with the initial burst of ${opts.qFast + opts.qPro} tokens: ${fmt(burstBoundMin(opts, s), 2)} sim min)`,
+  );
+  return [
+    machineLine(),
+    `workload: ${opts.jobs} standard-tier 1K 1:1 jobs per run, concurrency ${opts.concurrency}; quotas Nano Banana 2 ${opts.qFast}/min, Pro ${opts.qPro}/min; `
+      + `1 simulated minute = ${opts.minuteMs} ms (timeScale ${fmt(env.timeScale, 4)}), seed ${opts.seed}; `
+      + `storm: Nano Banana 2 at ${STORM_QUOTA_FACTOR * 100} % quota and 2× latency from sim minute ${STORM_FROM_MIN} to ${STORM_TO_MIN}`,
+    `pixelmill's time constants on the scaled clock: ${Object.entries(scaledKnobs(env.timeScale)).map(([k, v]) => `${k}=${v}`).join(', ')}`,
+    `lower bound N/(Q1+Q2), in the storm integrated over the lower rate: ${bounds.join('; ')}`,
+    `429s and calls from the simulator's /_sim/stats; $/image = all calls' cost ÷ images; latency = job created → finished, in simulated seconds; a run is stopped after ${RUN_LIMIT_BOUNDS}× its bound (unfinished jobs count as lost)`,
+    '',
+    table,
+    '',
+    targetTable,
+    ...(notes.length > 0 ? ['', ...notes] : []),
+  ].join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  const opts = parseOptions(argv);
+  const command = `npm run bench:quota${argv.length > 0 ? ` -- ${argv.join(' ')}` : ''}`;
+  const say = (line: string) => console.log(line);
+  const timeScale = opts.minuteMs / 60_000;
+  say(`pixelmill quota bench: ${opts.jobs} jobs, concurrency ${opts.concurrency}, quotas ${opts.qFast}+${opts.qPro}/min, 1 min = ${opts.minuteMs} ms`);
+
+  const redis = await startRedisServer({ log: say });
+  cleanups.add(() => redis.stop());
+  const dir = mkdtempSync(join(tmpdir(), 'pixelmill-bench-s3-'));
+  cleanups.add(() => rmSync(dir, { recursive: true, force: true }));
+  const s3 = await startService(['s3', dir, BUCKET]);
+  const sim = await startService(['sim', JSON.stringify({
+    timeScale, seed: opts.seed, peak: 'off', peakQuotaFactor: STORM_QUOTA_FACTOR,
+    quotas: { fast: opts.qFast, pro: opts.qPro },
+    // One id per family: the simulator keeps one quota bucket per model id.
+    models: [{ id: FAST_ID, family: 'fast' }, { id: PRO_ID, family: 'pro' }],
+  })]);
+  const env: Env = { opts, redisUrl: redis.url, s3Url: s3.url, simUrl: sim.url, timeScale };
+  say(`services: redis-server ${redis.url}, s3rver ${s3.url}, simulator ${sim.url}`);
+
+  const runs: RunResult[] = [];
+  const steps: [string, (s: Scenario) => Promise<RunResult>][] = [
+    ['pixelmill', (s) => runPixelmill(env, s)],
+    ['seed loop, as written', (s) => runSeed(env, s, false)],
+    ['seed loop, until success', (s) => runSeed(env, s, true)],
+    ['BullMQ attempts + backoff', (s) => runBullmq(env, s)],
+  ];
+  for (const scenario of opts.scenarios) {
+    for (const [label, run] of steps) {
+      say(`${scenario}: ${label}...`);
+      const r = await Promise.race([run(scenario), sim.died, s3.died, timeout(runLimitMs(env, scenario) + 120_000, `${scenario} ${label}`)]);
+      say(`    ${fmt(r.makespanMs / 1000, 1)} s, ${r.succeeded} ok, ${r.lost} lost, ${r.rateLimited} 429s`);
+      runs.push(r);
+    }
+  }
+
+  const text = report(env, runs);
+  console.log(`\n${text}\n`);
+  if (opts.record) say(`appended to ${record(command, text)}`);
+}
+
+runBench(main);

@@ -1,0 +1,464 @@
+/**
+ * Shared model lanes: a dispatch gate per (model id, API key), kept in Redis and shared by every
+ * worker of the fleet.
+ *
+ * Per lane, three things decide whether a call may start now:
+ * - a GCRA limiter (generic cell rate algorithm: one "theoretical arrival time" per lane, a slot every
+ *   60 000 / rpm ms, with a burst of LANE_BURST calls after an idle spell) whose rate is LEARNED from
+ *   the upstream by AIMD: a lane with no known rate (no ceiling, no LANE_INITIAL_RPM) is not paced
+ *   until its first 429, which sets its rate to LANE_AIMD_DECREASE × the rate it was dispatching at
+ *   (counted per minute); then +LANE_AIMD_STEP_RPM per success while the limiter is what holds calls back,
+ *   ×LANE_AIMD_DECREASE on a 429 (once per round: answers to calls sent before the last cut do not cut
+ *   again), never above the operator ceiling (MODEL_FAST_RPM / MODEL_PRO_RPM) nor below LANE_MIN_RPM;
+ * - a closure (`closedUntil`): the RetryInfo delay of a 429 on this lane, or the next midnight in
+ *   Los Angeles when the lane's per-day quota ran out;
+ * - a cap on calls in flight across the fleet (LANE_MAX_INFLIGHT): a sorted set of lease ids scored by
+ *   their expiry, so the slots of a crashed worker come back by themselves when the lease expires.
+ * A key answered with 401/403 is taken out of rotation for LANE_AUTH_DISABLE_TTL (every lane of it).
+ *
+ * Redis keys (under {QUEUE_PREFIX}:pm):
+ *   lane:{model}@{keyId}           hash: rpm, tat, closedUntil, closedReason, refusedAt, cutAt,
+ *                                  winId, winCount, prevCount (admissions this minute and the last)
+ *   lane:{model}@{keyId}:inflight  zset: lease id → expiry (epoch ms)
+ *   apikey:{keyId}:disabled        string: why the key was refused; PX LANE_AUTH_DISABLE_TTL
+ *
+ * The model-level RetryInfo cooldowns of state/model-state.ts stay: the processor only extends them
+ * when every lane of the model is closed (closeLane's answer), so one key's 429 never stops the others.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import type { Config } from '../config/env.js';
+import { silentLogger, type Logger } from '../logging/logger.js';
+import type { ModelFamily } from '../models/catalogue.js';
+import { geminiApiKeys, keyId, laneId } from './keys.js';
+
+/** GCRA admission over every lane of one model; picks the lane with the earliest free slot. */
+const ACQUIRE_LUA = `
+-- KEYS  (3 per lane, lane i = 1..n):
+--   KEYS[3i-2]  lane state hash (rpm, tat, closedUntil, refusedAt, cutAt, winId, winCount, prevCount)
+--   KEYS[3i-1]  lane in-flight sorted set (lease id scored by lease expiry, epoch ms)
+--   KEYS[3i]    key-disabled flag of the lane's API key (exists = out of rotation)
+-- ARGV
+--   ARGV[1]  now, epoch ms
+--   ARGV[2]  lease id to record when admitted
+--   ARGV[3]  lease TTL ms (a crashed worker's slot comes back after it)
+--   ARGV[4]  max in flight per lane across the fleet (0 = no cap)
+--   ARGV[5]  starting rpm of a lane with no learned rate yet (0 = not paced until its first 429)
+--   ARGV[6]  ceiling rpm (0 = none): a learned rate above it is clamped
+--   ARGV[7]  burst: calls admitted back to back after an idle spell (>= 1)
+--   ARGV[8]  ms to come back when a lane is at its in-flight cap (the end of a call is not predictable)
+--   ARGV[9]  state TTL ms: a lane idle this long forgets its learned rate
+-- Returns {status, lane index, wait ms, why, rpm, interval ms}
+--   status 1: admitted on lane <index> (lease recorded, tat advanced)
+--   status 0: refused; lane <index> has the earliest free slot, in <wait ms>; why = rate | inflight | closed
+--   status -1: every lane's key is out of rotation
+local now = tonumber(ARGV[1])
+local maxInflight = tonumber(ARGV[4])
+local startRpm = tonumber(ARGV[5])
+local ceiling = tonumber(ARGV[6])
+local burst = tonumber(ARGV[7])
+local inflightRetry = tonumber(ARGV[8])
+local best, bestAt, bestTat, bestWhy, bestRpm = nil, 0, 0, '', 0
+for i = 1, #KEYS / 3 do
+  local h, z, d = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  if redis.call('EXISTS', d) == 0 then
+    local f = redis.call('HMGET', h, 'tat', 'rpm', 'closedUntil')
+    local rpm = tonumber(f[2]) or startRpm
+    if ceiling > 0 and (rpm == 0 or rpm > ceiling) then rpm = ceiling end
+    local interval = 0
+    if rpm > 0 then interval = 60000 / rpm end
+    local tat = math.max(tonumber(f[1]) or 0, now)
+    local at = tat - interval * (burst - 1)
+    local why = 'rate'
+    local closed = tonumber(f[3]) or 0
+    if closed > at then at = closed; why = 'closed' end
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+    if maxInflight > 0 and redis.call('ZCARD', z) >= maxInflight and at < now + inflightRetry then
+      at = now + inflightRetry; why = 'inflight'
+    end
+    if best == nil or at < bestAt or (at == bestAt and tat < bestTat) then
+      best, bestAt, bestTat, bestWhy, bestRpm = i, at, tat, why, rpm
+    end
+  end
+end
+if best == nil then return {-1, 0, 0, '', '', 0} end
+local h, z = KEYS[3 * best - 2], KEYS[3 * best - 1]
+local interval = 0
+if bestRpm > 0 then interval = 60000 / bestRpm end
+if bestAt > now then
+  if bestWhy == 'rate' then redis.call('HSET', h, 'refusedAt', now) end
+  return {0, best, math.ceil(bestAt - now), bestWhy, tostring(bestRpm), math.ceil(interval)}
+end
+redis.call('HSET', h, 'tat', tostring(bestTat + interval), 'rpm', tostring(bestRpm))
+-- Admissions per minute (this one and the last): what the first 429 learns the rate from.
+local win = math.floor(now / 60000)
+local w = redis.call('HMGET', h, 'winId', 'winCount')
+local winId, winCount = tonumber(w[1]) or -1, tonumber(w[2]) or 0
+if winId ~= win then
+  local prev = 0
+  if winId == win - 1 then prev = winCount end
+  redis.call('HSET', h, 'winId', win, 'winCount', 0, 'prevCount', prev)
+end
+redis.call('HINCRBY', h, 'winCount', 1)
+redis.call('ZADD', z, now + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', h, math.max(tonumber(ARGV[9]), (tonumber(redis.call('HGET', h, 'closedUntil') or '0')) - now + 1000))
+redis.call('PEXPIRE', z, tonumber(ARGV[3]) + 1000)
+return {1, best, 0, '', tostring(bestRpm), math.ceil(interval)}
+`;
+
+/** Release a lease and feed the outcome back into the lane's rate (AIMD). */
+const SETTLE_LUA = `
+-- KEYS
+--   KEYS[1]  lane state hash
+--   KEYS[2]  lane in-flight sorted set
+-- ARGV
+--   ARGV[1]  lease id (removed from the in-flight set)
+--   ARGV[2]  outcome: succeeded | rate_limited | other
+--   ARGV[3]  now, epoch ms
+--   ARGV[4]  when the lease was acquired, epoch ms
+--   ARGV[5]  starting rpm (lane with no learned rate; 0 = not paced until its first 429)
+--   ARGV[6]  ceiling rpm (0 = none)
+--   ARGV[7]  floor rpm
+--   ARGV[8]  additive step, rpm per success
+--   ARGV[9]  multiplicative factor on 429 (0 < f < 1)
+--   ARGV[10] state TTL ms
+-- Increase only while the limiter holds calls back (a refusal for rate in the last minute, or the
+-- schedule running ahead of now): a lane that is idle or held back by its in-flight cap learns nothing.
+-- Decrease at most once per round: a 429 to a call acquired before the last cut does not cut again.
+-- Returns the lane's rpm after the update (string).
+redis.call('ZREM', KEYS[2], ARGV[1])
+local now = tonumber(ARGV[3])
+local f = redis.call('HMGET', KEYS[1], 'rpm', 'tat', 'refusedAt', 'cutAt', 'winId', 'winCount', 'prevCount')
+local rpm = tonumber(f[1]) or tonumber(ARGV[5])
+local ceiling = tonumber(ARGV[6])
+if rpm == 0 then
+  -- Not paced yet: nothing to raise; the first 429 starts from the rate the lane was dispatching at.
+  if ARGV[2] ~= 'rate_limited' then return '0' end
+  local win = math.floor(now / 60000)
+  local winCount, prevCount = tonumber(f[6]) or 0, tonumber(f[7]) or 0
+  local observed = 0
+  if tonumber(f[5]) == win then
+    observed = winCount + prevCount * (1 - (now % 60000) / 60000)
+  elseif tonumber(f[5]) == win - 1 then
+    observed = winCount * (1 - (now % 60000) / 60000)
+  end
+  rpm = observed * tonumber(ARGV[9])
+  redis.call('HSET', KEYS[1], 'cutAt', now)
+elseif ARGV[2] == 'succeeded' then
+  local busy = (tonumber(f[3]) or -1) >= now - 60000 or (tonumber(f[2]) or 0) >= now
+  if busy then rpm = rpm + tonumber(ARGV[8]) end
+elseif ARGV[2] == 'rate_limited' then
+  if tonumber(ARGV[4]) >= (tonumber(f[4]) or 0) then
+    rpm = rpm * tonumber(ARGV[9])
+    redis.call('HSET', KEYS[1], 'cutAt', now)
+  end
+end
+if ceiling > 0 and rpm > ceiling then rpm = ceiling end
+if rpm < tonumber(ARGV[7]) then rpm = tonumber(ARGV[7]) end
+redis.call('HSET', KEYS[1], 'rpm', tostring(rpm))
+redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[10]), (tonumber(redis.call('HGET', KEYS[1], 'closedUntil') or '0')) - now + 1000))
+return tostring(rpm)
+`;
+
+/** Close one lane until a time (never shortens a closure); answer when the model is next open anywhere. */
+const CLOSE_LUA = `
+-- KEYS
+--   KEYS[1]        the lane to close: its state hash
+--   KEYS[2k], KEYS[2k+1] (k = 1..n)  state hash and key-disabled flag of every lane of the model (this one included)
+-- ARGV
+--   ARGV[1]  closed until, epoch ms
+--   ARGV[2]  now, epoch ms
+--   ARGV[3]  reason (short text, shown in the lanes view)
+--   ARGV[4]  state TTL ms
+-- Returns the earliest epoch ms at which an enabled lane of the model is open (<= now: one is open
+-- now), or -1 when every lane's key is out of rotation.
+local now = tonumber(ARGV[2])
+local untilMs = tonumber(ARGV[1])
+local current = tonumber(redis.call('HGET', KEYS[1], 'closedUntil') or '0')
+if untilMs > current then
+  redis.call('HSET', KEYS[1], 'closedUntil', ARGV[1], 'closedReason', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[4]), untilMs - now + 1000))
+end
+local soonest = -1
+for k = 1, (#KEYS - 1) / 2 do
+  if redis.call('EXISTS', KEYS[2 * k + 1]) == 0 then
+    local c = math.max(tonumber(redis.call('HGET', KEYS[2 * k], 'closedUntil') or '0'), now)
+    if soonest < 0 or c < soonest then soonest = c end
+  end
+end
+return soonest
+`;
+
+/** A lane's state, for the admin view and /readyz details. No key in clear. */
+export interface LaneView {
+  lane: string;
+  model: string;
+  keyId: string;
+  /** The rate in force (learned, clamped to the ceiling); null = not paced yet (no 429 seen, no ceiling). */
+  rpm: number | null;
+  ceilingRpm: number | null;
+  inFlight: number;
+  /** ISO time until which the lane is closed (429 RetryInfo or per-day quota), when it is. */
+  closedUntil?: string;
+  closedReason?: string;
+  /** Why the key is out of rotation (401/403), when it is. */
+  keyDisabled?: string;
+}
+
+/** Proof of a dispatch slot: hand it back with settle() once the call ended, whatever happened. */
+export interface LaneLease {
+  readonly lane: string;
+  readonly modelId: string;
+  readonly keyId: string;
+  /** The key to call with (GenerateImageRequest.apiKey). Never log it. */
+  readonly apiKey: string;
+  readonly leaseId: string;
+  readonly acquiredAt: number;
+  readonly rpm: number;
+}
+
+export type AcquireAnswer =
+  | { kind: 'admitted'; lease: LaneLease }
+  | { kind: 'refused'; lane: string; waitMs: number; why: 'rate' | 'inflight' | 'closed'; rpm: number; intervalMs: number }
+  | { kind: 'no-keys' };
+
+/** What the processor does next: call now, go back to Redis until `untilMs`, or give up (no usable key). */
+export type LaneGate =
+  | { kind: 'go'; lease: LaneLease; waitedMs: number }
+  | { kind: 'wait'; untilMs: number; waitMs: number; reason: string }
+  | { kind: 'no-keys'; reason: string };
+
+export type LaneOutcome = 'succeeded' | 'rate_limited' | 'other';
+
+export interface LaneOptions {
+  /** Every API key (GEMINI_API_KEY split on commas); [''] for no key. */
+  apiKeys: readonly string[];
+  familyOf: (modelId: string) => ModelFamily;
+  /** Operator ceilings per family (MODEL_FAST_RPM, MODEL_PRO_RPM); undefined = learn only. */
+  ceilingRpm: Readonly<Record<ModelFamily, number | undefined>>;
+  /** Starting rate without a ceiling; 0 = not paced until the lane's first 429. */
+  initialRpm: number;
+  minRpm: number;
+  stepRpm: number;
+  decreaseFactor: number;
+  burst: number;
+  /** 0 = no fleet-wide cap. */
+  maxInflight: number;
+  /** Waits up to this long are slept in-process; longer ones send the job back to Redis. */
+  maxHoldMs: number;
+  leaseTtlMs: number;
+  inflightRetryMs: number;
+  authDisableTtlMs: number;
+  stateTtlMs: number;
+}
+
+export function laneOptionsFromConfig(config: Config): LaneOptions {
+  return {
+    apiKeys: geminiApiKeys(config.GEMINI_API_KEY),
+    familyOf: (id) => (config.MODEL_PRO.includes(id) ? 'pro' : 'fast'),
+    ceilingRpm: { fast: config.MODEL_FAST_RPM, pro: config.MODEL_PRO_RPM },
+    initialRpm: config.LANE_INITIAL_RPM ?? 0,
+    minRpm: config.LANE_MIN_RPM,
+    stepRpm: config.LANE_AIMD_STEP_RPM,
+    decreaseFactor: config.LANE_AIMD_DECREASE,
+    burst: config.LANE_BURST,
+    maxInflight: config.LANE_MAX_INFLIGHT ?? 0,
+    maxHoldMs: config.LANE_MAX_HOLD_MS,
+    // A lease outlives the longest call it covers; then it is reclaimed.
+    leaseTtlMs: config.UPSTREAM_TIMEOUT_MS + 30_000,
+    inflightRetryMs: 1_000,
+    authDisableTtlMs: config.LANE_AUTH_DISABLE_TTL,
+    stateTtlMs: 86_400_000,
+  };
+}
+
+type LaneRedis = Redis & {
+  pmLaneAcquire(...args: (string | number)[]): Promise<[number, number, number, string, string, number]>;
+  pmLaneSettle(...args: (string | number)[]): Promise<string>;
+  pmLaneClose(...args: (string | number)[]): Promise<number>;
+};
+
+export interface LaneLimiterDeps {
+  now?: () => number;
+  sleep?: (ms: number) => Promise<void>;
+  random?: () => number;
+  logger?: Logger;
+}
+
+export class LaneLimiter {
+  private readonly redis: LaneRedis;
+  private readonly prefix: string;
+  private readonly keys: readonly { apiKey: string; id: string }[];
+  private readonly now: () => number;
+  private readonly sleep: (ms: number) => Promise<void>;
+  private readonly random: () => number;
+  private readonly logger: Logger;
+
+  constructor(redis: Redis, queuePrefix: string, readonly options: LaneOptions, deps: LaneLimiterDeps = {}) {
+    this.redis = redis as LaneRedis;
+    this.prefix = `${queuePrefix}:pm`;
+    this.keys = options.apiKeys.map((apiKey) => ({ apiKey, id: keyId(apiKey) }));
+    this.now = deps.now ?? Date.now;
+    this.sleep = deps.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
+    this.random = deps.random ?? Math.random;
+    this.logger = deps.logger ?? silentLogger();
+    redis.defineCommand('pmLaneAcquire', { lua: ACQUIRE_LUA });
+    redis.defineCommand('pmLaneSettle', { numberOfKeys: 2, lua: SETTLE_LUA });
+    redis.defineCommand('pmLaneClose', { lua: CLOSE_LUA });
+  }
+
+  /** One admission try, no waiting: a lease, or the lane with the earliest free slot and how long until it. */
+  async tryAcquire(modelId: string, leaseId: string = randomUUID()): Promise<AcquireAnswer> {
+    const o = this.options;
+    const now = this.now();
+    const laneKeys = this.keys.flatMap((k) => [this.stateKey(modelId, k.id), this.inflightKey(modelId, k.id), this.disabledKey(k.id)]);
+    const [status, index, waitMs, why, rpm, intervalMs] = await this.redis.pmLaneAcquire(
+      laneKeys.length, ...laneKeys,
+      now, leaseId, o.leaseTtlMs, o.maxInflight, this.startRpm(modelId), this.ceiling(modelId) ?? 0, o.burst, o.inflightRetryMs, o.stateTtlMs,
+    );
+    if (status === -1) return { kind: 'no-keys' };
+    const key = this.keys[index - 1]!;
+    const lane = laneId(modelId, key.id);
+    if (status === 0) return { kind: 'refused', lane, waitMs, why: why as 'rate' | 'inflight' | 'closed', rpm: Number(rpm), intervalMs };
+    return { kind: 'admitted', lease: { lane, modelId, keyId: key.id, apiKey: key.apiKey, leaseId, acquiredAt: now, rpm: Number(rpm) } };
+  }
+
+  /**
+   * A dispatch slot for `modelId` on the lane with the earliest free slot. Waits of at most
+   * LANE_MAX_HOLD_MS are slept here; a longer one answers 'wait' so the job goes back to Redis
+   * (untilMs carries a little jitter so the jobs refused together do not all come back together).
+   */
+  async acquire(modelId: string, owner: string): Promise<LaneGate> {
+    const started = this.now();
+    for (let round = 0; ; round++) {
+      const a = await this.tryAcquire(modelId, `${owner}:${randomUUID().slice(0, 8)}`);
+      if (a.kind === 'admitted') return { kind: 'go', lease: a.lease, waitedMs: this.now() - started };
+      if (a.kind === 'no-keys') {
+        return { kind: 'no-keys', reason: `every API key is out of rotation for ${modelId} (refused with 401/403)` };
+      }
+      // A bounded number of short sleeps: a clock that does not move (tests) must not spin forever.
+      if (a.waitMs <= this.options.maxHoldMs && round < 8) {
+        await this.sleep(a.waitMs);
+        continue;
+      }
+      const jitter = Math.floor(this.random() * Math.min(a.intervalMs, a.waitMs));
+      return {
+        kind: 'wait', untilMs: this.now() + a.waitMs + jitter, waitMs: a.waitMs,
+        reason: `lane ${modelId} full (${a.why}), next slot in ${a.waitMs} ms`,
+      };
+    }
+  }
+
+  /** Release the lease and feed the outcome into the lane's learned rate. Returns the new rpm. */
+  async settle(lease: LaneLease, outcome: LaneOutcome): Promise<number> {
+    const o = this.options;
+    const rpm = Number(await this.redis.pmLaneSettle(
+      this.stateKey(lease.modelId, lease.keyId), this.inflightKey(lease.modelId, lease.keyId),
+      lease.leaseId, outcome, this.now(), lease.acquiredAt, this.startRpm(lease.modelId), this.ceiling(lease.modelId) ?? 0,
+      o.minRpm, o.stepRpm, o.decreaseFactor, o.stateTtlMs,
+    ));
+    if (outcome === 'rate_limited') this.logger.info({ lane: lease.lane, rpm }, 'lane answered 429: rate cut');
+    return rpm;
+  }
+
+  /**
+   * Close the lease's lane until `untilMs` (a 429's RetryInfo, or midnight Los Angeles for a per-day
+   * quota). Returns when the model is next open on any usable lane: <= now means another lane is open
+   * now, so the model as a whole must not cool down; -1 means no key is left.
+   */
+  async closeLane(lease: LaneLease, untilMs: number, reason: string): Promise<number> {
+    const keys = [this.stateKey(lease.modelId, lease.keyId), ...this.keys.flatMap((k) => [this.stateKey(lease.modelId, k.id), this.disabledKey(k.id)])];
+    const soonest = Number(await this.redis.pmLaneClose(keys.length, ...keys, Math.round(untilMs), this.now(), reason.slice(0, 200), this.options.stateTtlMs));
+    this.logger.info({ lane: lease.lane, closedUntil: new Date(untilMs).toISOString(), reason }, 'lane closed');
+    return soonest;
+  }
+
+  /**
+   * Take the lease's key out of rotation (401/403), for every model, for LANE_AUTH_DISABLE_TTL.
+   * Returns whether another key remains in rotation (then the job may try it at once).
+   */
+  async disableKey(lease: LaneLease, reason: string): Promise<boolean> {
+    await this.redis.set(this.disabledKey(lease.keyId), reason.slice(0, 300), 'PX', this.options.authDisableTtlMs);
+    this.logger.error({ keyId: lease.keyId, reason }, 'API key refused by the provider: out of rotation');
+    const others = this.keys.filter((k) => k.id !== lease.keyId);
+    if (others.length === 0) return false;
+    const exists = await this.redis.exists(...others.map((k) => this.disabledKey(k.id)));
+    return exists < others.length;
+  }
+
+  /** Every lane of the given models, for /v1/lanes and /readyz details. */
+  async view(modelIds: readonly string[]): Promise<LaneView[]> {
+    const now = this.now();
+    const pipe = this.redis.multi();
+    const lanes = modelIds.flatMap((modelId) => this.keys.map((k) => ({ modelId, k })));
+    for (const { modelId, k } of lanes) {
+      pipe.hmget(this.stateKey(modelId, k.id), 'rpm', 'closedUntil', 'closedReason');
+      pipe.zcount(this.inflightKey(modelId, k.id), `(${now}`, '+inf');
+      pipe.get(this.disabledKey(k.id));
+    }
+    const res = (await pipe.exec()) ?? [];
+    return lanes.map(({ modelId, k }, i) => {
+      const [rpmRaw, closedRaw, closedReason] = res[3 * i]?.[1] as (string | null)[];
+      const disabled = res[3 * i + 2]?.[1] as string | null;
+      const ceiling = this.ceiling(modelId);
+      const learned = rpmRaw !== null && rpmRaw !== undefined ? Number(rpmRaw) : this.startRpm(modelId);
+      const inForce = ceiling !== undefined && (learned === 0 || learned > ceiling) ? ceiling : learned;
+      const closedUntil = Number(closedRaw ?? 0);
+      return {
+        lane: laneId(modelId, k.id), model: modelId, keyId: k.id,
+        rpm: inForce === 0 ? null : Math.round(inForce * 100) / 100,
+        ceilingRpm: ceiling ?? null,
+        inFlight: Number(res[3 * i + 1]?.[1] ?? 0),
+        ...(closedUntil > now ? { closedUntil: new Date(closedUntil).toISOString(), closedReason: closedReason ?? '' } : {}),
+        ...(disabled !== null && disabled !== undefined ? { keyDisabled: disabled } : {}),
+      };
+    });
+  }
+
+  private ceiling(modelId: string): number | undefined {
+    return this.options.ceilingRpm[this.options.familyOf(modelId)];
+  }
+
+  /** A known quota starts at its ceiling; otherwise at LANE_INITIAL_RPM (0 = not paced until the first 429). */
+  private startRpm(modelId: string): number {
+    return this.ceiling(modelId) ?? this.options.initialRpm;
+  }
+
+  private stateKey(modelId: string, apiKeyId: string): string {
+    return `${this.prefix}:lane:${laneId(modelId, apiKeyId)}`;
+  }
+
+  private inflightKey(modelId: string, apiKeyId: string): string {
+    return `${this.stateKey(modelId, apiKeyId)}:inflight`;
+  }
+
+  private disabledKey(apiKeyId: string): string {
+    return `${this.prefix}:apikey:${apiKeyId}:disabled`;
+  }
+}
+
+/** The fleet's lane limiter from configuration, or undefined when LANES_ENABLED=false. */
+export function createLaneLimiter(redis: Redis, config: Config, deps: LaneLimiterDeps = {}): LaneLimiter | undefined {
+  if (!config.LANES_ENABLED) return undefined;
+  return new LaneLimiter(redis, config.QUEUE_PREFIX, laneOptionsFromConfig(config), deps);
+}
+
+/**
+ * Run one upstream call on a lease: whatever happens, the in-flight slot is released when the call
+ * ends and the outcome feeds the lane's rate (success → increase, RATE_LIMITED → decrease). A lane
+ * bookkeeping failure never hides the call's own result or error.
+ */
+export async function withLane<T>(lanes: LaneLimiter | undefined, lease: LaneLease | undefined, call: () => Promise<T>): Promise<T> {
+  if (!lanes || !lease) return call();
+  let outcome: LaneOutcome = 'other';
+  try {
+    const result = await call();
+    outcome = 'succeeded';
+    return result;
+  } catch (err) {
+    if ((err as { code?: unknown } | null)?.code === 'RATE_LIMITED') outcome = 'rate_limited';
+    throw err;
+  } finally {
+    await lanes.settle(lease, outcome).catch(() => undefined);
+  }
+}

@@ -1,0 +1,244 @@
+/**
+ * The shared lane limiter against the real redis-server, with an injected clock: GCRA admission,
+ * AIMD learning, the fleet-wide in-flight cap, per-lane closures (per-day quota) and key rotation.
+ */
+import { Redis } from 'ioredis';
+import { afterAll, describe, expect, it } from 'vitest';
+import { geminiApiKeys, keyId } from '../../src/lanes/keys.js';
+import { LaneLimiter, laneOptionsFromConfig, type AcquireAnswer, type LaneLease, type LaneOptions } from '../../src/lanes/limiter.js';
+import { nextMidnight } from '../../src/state/model-state.js';
+import { testConfig } from '../support/stack.js';
+
+const MODEL = 'gemini-3.1-flash-image';
+const PRO = 'gemini-3-pro-image';
+const KEY_A = 'key-aaaaaaaaaaaaaaaa';
+const KEY_B = 'key-bbbbbbbbbbbbbbbb';
+
+const connections: Redis[] = [];
+afterAll(async () => {
+  await Promise.all(connections.map((c) => c.quit()));
+});
+
+/** A limiter on its own connection (a "worker"), sharing the prefix and the clock of `env`. */
+function limiterFor(env: { prefix: string; clock: { t: number } }, overrides: Partial<LaneOptions> = {}): LaneLimiter {
+  const config = testConfig({ GEMINI_API_KEY: KEY_A });
+  const redis = new Redis(config.REDIS_URL);
+  connections.push(redis);
+  const options: LaneOptions = {
+    ...laneOptionsFromConfig(config), ceilingRpm: { fast: undefined, pro: undefined }, initialRpm: 60, burst: 1, ...overrides,
+  };
+  return new LaneLimiter(redis, env.prefix, options, { now: () => env.clock.t, sleep: async () => {}, random: () => 0 });
+}
+
+function freshEnv() {
+  return { prefix: testConfig().QUEUE_PREFIX, clock: { t: Date.parse('2026-03-02T18:00:00Z') } };
+}
+
+function admitted(a: AcquireAnswer): LaneLease {
+  if (a.kind !== 'admitted') throw new Error(`expected admission, got ${JSON.stringify(a)}`);
+  return a.lease;
+}
+
+describe('lane limiter: GCRA admission', () => {
+  it('admits at its rate and refuses beyond, answering the wait', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 60, burst: 1 });
+    admitted(await lim.tryAcquire(MODEL));
+    const refused = await lim.tryAcquire(MODEL);
+    expect(refused).toMatchObject({ kind: 'refused', why: 'rate', waitMs: 1000, rpm: 60 });
+    env.clock.t += 400;
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', waitMs: 600 });
+    env.clock.t += 600;
+    admitted(await lim.tryAcquire(MODEL));
+    // Another model is another lane: not held back by this one.
+    admitted(await lim.tryAcquire(PRO));
+  });
+
+  it('lets a burst through after an idle spell, then paces', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 120, burst: 3 });
+    for (let i = 0; i < 3; i++) admitted(await lim.tryAcquire(MODEL));
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', why: 'rate', waitMs: 500 });
+  });
+
+  it('acquire() sleeps short waits in-process and hands long ones back with the reason', async () => {
+    const env = freshEnv();
+    const slept: number[] = [];
+    const config = testConfig({ GEMINI_API_KEY: KEY_A });
+    const redis = new Redis(config.REDIS_URL);
+    connections.push(redis);
+    const lim = new LaneLimiter(redis, env.prefix, { ...laneOptionsFromConfig(config), initialRpm: 600, burst: 1, maxHoldMs: 250 }, {
+      now: () => env.clock.t, random: () => 0,
+      sleep: async (ms) => {
+        slept.push(ms);
+        env.clock.t += ms;
+      },
+    });
+    expect((await lim.acquire(MODEL, 'job1')).kind).toBe('go');
+    const second = await lim.acquire(MODEL, 'job2');
+    expect(second.kind).toBe('go');
+    expect(slept).toEqual([100]);
+
+    const slow = limiterFor(env, { initialRpm: 6, burst: 1 });
+    expect((await slow.acquire(PRO, 'job3')).kind).toBe('go');
+    const gate = await slow.acquire(PRO, 'job4');
+    expect(gate).toMatchObject({ kind: 'wait', waitMs: 10_000, untilMs: env.clock.t + 10_000 });
+    expect(gate.kind === 'wait' && gate.reason).toBe(`lane ${PRO} full (rate), next slot in 10000 ms`);
+  });
+});
+
+describe('lane limiter: AIMD', () => {
+  it('raises the rate additively while calls succeed at the limit, cuts it on 429, within ceiling and floor', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 10, stepRpm: 2, decreaseFactor: 0.5, minRpm: 3, ceilingRpm: { fast: 30, pro: undefined }, burst: 1 });
+    // The fast family has a ceiling (30): a known quota starts at it.
+    const first = admitted(await lim.tryAcquire(MODEL));
+    expect(first.rpm).toBe(30);
+    // Pro has none: it starts at initialRpm and learns. Saturate it (a refusal marks the lane busy).
+    const leases = [admitted(await lim.tryAcquire(PRO))];
+    expect((await lim.tryAcquire(PRO)).kind).toBe('refused');
+    for (let i = 0; i < 4; i++) {
+      env.clock.t += 6_000;
+      leases.push(admitted(await lim.tryAcquire(PRO)));
+    }
+    let rpm = 0;
+    for (const l of leases) rpm = await lim.settle(l, 'succeeded');
+    expect(rpm).toBe(10 + 5 * 2);
+
+    // A 429 halves it; a second 429 to a call sent before the cut does not cut again.
+    env.clock.t += 10_000;
+    const before = admitted(await lim.tryAcquire(PRO));
+    env.clock.t += 6_000;
+    const cutter = admitted(await lim.tryAcquire(PRO));
+    expect(await lim.settle(cutter, 'rate_limited')).toBe(10);
+    expect(await lim.settle(before, 'rate_limited')).toBe(10);
+
+    // Floor: 429s on fresh calls never push it below minRpm.
+    for (let i = 0; i < 5; i++) {
+      env.clock.t += 30_000;
+      rpm = await lim.settle(admitted(await lim.tryAcquire(PRO)), 'rate_limited');
+    }
+    expect(rpm).toBe(3);
+
+    // Ceiling: successes at the limit never raise the fast lane above MODEL_FAST_RPM.
+    admitted(await lim.tryAcquire(MODEL));
+    expect((await lim.tryAcquire(MODEL)).kind).toBe('refused');
+    for (let i = 0; i < 5; i++) rpm = await lim.settle(first, 'succeeded');
+    expect(rpm).toBe(30);
+  });
+
+  it('learn only (no ceiling, no initial rate): unpaced until the first 429, which sets the rate from the dispatch rate', async () => {
+    const env = freshEnv();
+    env.clock.t = Date.parse('2026-03-02T18:00:30Z');
+    const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 1 });
+    const leases: LaneLease[] = [];
+    for (let i = 0; i < 12; i++) leases.push(admitted(await lim.tryAcquire(MODEL)));
+    expect((await lim.view([MODEL]))[0]!.rpm).toBeNull();
+    expect(await lim.settle(leases[0]!, 'succeeded')).toBe(0);
+    // 12 calls dispatched this minute: the first 429 paces the lane at half that.
+    expect(await lim.settle(leases[1]!, 'rate_limited')).toBe(6);
+    expect((await lim.view([MODEL]))[0]!.rpm).toBe(6);
+    admitted(await lim.tryAcquire(MODEL));
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', why: 'rate' });
+  });
+
+  it('an idle lane (not held back by its rate) learns nothing from successes', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 10, stepRpm: 2 });
+    const l = admitted(await lim.tryAcquire(MODEL));
+    env.clock.t += 120_000;
+    expect(await lim.settle(l, 'succeeded')).toBe(10);
+  });
+});
+
+describe('lane limiter: in-flight cap across the fleet', () => {
+  it('caps calls in flight across two workers, and reclaims the leases of a crashed one', async () => {
+    const env = freshEnv();
+    const workerA = limiterFor(env, { initialRpm: 6000, burst: 100, maxInflight: 2, leaseTtlMs: 30_000 });
+    const workerB = limiterFor(env, { initialRpm: 6000, burst: 100, maxInflight: 2, leaseTtlMs: 30_000 });
+    const a1 = admitted(await workerA.tryAcquire(MODEL));
+    admitted(await workerB.tryAcquire(MODEL));
+    expect(await workerA.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', why: 'inflight' });
+    expect(await workerB.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', why: 'inflight' });
+    expect((await workerA.view([MODEL]))[0]).toMatchObject({ inFlight: 2 });
+
+    // A finishes a call: its slot is free for B.
+    await workerA.settle(a1, 'succeeded');
+    const b2 = admitted(await workerB.tryAcquire(MODEL));
+    expect(await workerA.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', why: 'inflight' });
+
+    // B crashes holding two leases: they expire and the slots come back.
+    void b2;
+    env.clock.t += 30_001;
+    admitted(await workerA.tryAcquire(MODEL));
+    admitted(await workerA.tryAcquire(MODEL));
+  });
+});
+
+describe('lane limiter: several API keys', () => {
+  it('spreads calls over the keys, picking the lane with the earliest free slot', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { apiKeys: [KEY_A, KEY_B], initialRpm: 60, burst: 1 });
+    const l1 = admitted(await lim.tryAcquire(MODEL));
+    const l2 = admitted(await lim.tryAcquire(MODEL));
+    expect(new Set([l1.apiKey, l2.apiKey])).toEqual(new Set([KEY_A, KEY_B]));
+    expect(l1.lane).toBe(`${MODEL}@${keyId(l1.apiKey)}`);
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', waitMs: 1000 });
+    env.clock.t += 1000;
+    admitted(await lim.tryAcquire(MODEL));
+  });
+
+  it('closes one lane for its per-day quota until midnight Los Angeles; the other key carries on; reset after midnight', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { apiKeys: [KEY_A, KEY_B], initialRpm: 6000, burst: 100 });
+    const onA = admitted(await lim.tryAcquire(MODEL));
+    const midnight = nextMidnight(env.clock.t);
+    expect(onA.apiKey).toBe(KEY_A);
+    // Another lane is open: the model as a whole must not cool down.
+    expect(await lim.closeLane(onA, midnight, 'RATE_LIMITED (day)')).toBeLessThanOrEqual(env.clock.t);
+    for (let i = 0; i < 5; i++) expect(admitted(await lim.tryAcquire(MODEL)).apiKey).toBe(KEY_B);
+
+    const onB = admitted(await lim.tryAcquire(MODEL));
+    expect(await lim.closeLane(onB, midnight, 'RATE_LIMITED (day)')).toBe(midnight);
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', why: 'closed', waitMs: midnight - env.clock.t });
+    const view = await lim.view([MODEL]);
+    expect(view.map((v) => v.closedUntil)).toEqual([new Date(midnight).toISOString(), new Date(midnight).toISOString()]);
+    // Another model of the same keys is untouched.
+    admitted(await lim.tryAcquire(PRO));
+
+    env.clock.t = midnight + 1;
+    admitted(await lim.tryAcquire(MODEL));
+    admitted(await lim.tryAcquire(MODEL));
+  });
+
+  it('takes a refused key out of rotation for every model; no key left → no-keys; never shows a key', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { apiKeys: [KEY_A, KEY_B], initialRpm: 6000, burst: 100, authDisableTtlMs: 60_000 });
+    const onA = admitted(await lim.tryAcquire(MODEL));
+    expect(onA.apiKey).toBe(KEY_A);
+    expect(await lim.disableKey(onA, 'UPSTREAM_AUTH: API key not valid')).toBe(true);
+    for (let i = 0; i < 3; i++) {
+      expect(admitted(await lim.tryAcquire(MODEL)).apiKey).toBe(KEY_B);
+      expect(admitted(await lim.tryAcquire(PRO)).apiKey).toBe(KEY_B);
+    }
+    const view = await lim.view([MODEL, PRO]);
+    expect(view.filter((v) => v.keyDisabled).map((v) => v.lane)).toEqual([`${MODEL}@${keyId(KEY_A)}`, `${PRO}@${keyId(KEY_A)}`]);
+    expect(JSON.stringify(view)).not.toContain(KEY_A);
+    expect(JSON.stringify(view)).not.toContain(KEY_B);
+
+    const onB = admitted(await lim.tryAcquire(MODEL));
+    expect(await lim.disableKey(onB, 'refused')).toBe(false);
+    expect(await lim.tryAcquire(MODEL)).toEqual({ kind: 'no-keys' });
+    expect((await lim.acquire(MODEL, 'job')).kind).toBe('no-keys');
+  });
+});
+
+describe('GEMINI_API_KEY parsing', () => {
+  it('keeps one key working, splits several, and drops blanks and repeats', () => {
+    expect(geminiApiKeys('AIzaOne')).toEqual(['AIzaOne']);
+    expect(geminiApiKeys(' k1 , k2,,k1 ')).toEqual(['k1', 'k2']);
+    expect(geminiApiKeys(undefined)).toEqual(['']);
+    expect(keyId('AIzaOne')).toMatch(/^[0-9a-f]{12}$/);
+    expect(keyId('AIzaOne')).not.toBe(keyId('AIzaTwo'));
+  });
+});

@@ -1,0 +1,112 @@
+/**
+ * Lanes in the real pipeline (simulator over HTTP, API, worker, Redis, s3rver): several API keys,
+ * a refused key taken out of rotation, and a saturated lane sending jobs back to Redis.
+ */
+import { Redis } from 'ioredis';
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/logging/logger.js';
+import { createLaneLimiter } from '../../src/lanes/limiter.js';
+import { keyId } from '../../src/lanes/keys.js';
+import { readProgress } from '../../src/jobs/record.js';
+import { createGeminiClient } from '../../src/providers/gemini/client.js';
+import type { GenerateImageRequest, ImageGenerator } from '../../src/providers/gemini/types.js';
+import { startImageWorker, type RunningImageWorker } from '../../src/worker/image-worker.js';
+import { startPipeline, type Pipeline } from '../support/pipeline.js';
+import { waitFor } from '../support/stack.js';
+
+const GOOD_1 = 'good-key-1111111111';
+const GOOD_2 = 'good-key-2222222222';
+const BAD = 'revoked-key-000000000';
+
+let p: Pipeline | undefined;
+let worker: RunningImageWorker | undefined;
+afterEach(async () => {
+  await worker?.close(1_000);
+  worker = undefined;
+  await p?.close();
+  p = undefined;
+});
+
+/** The real client, recording which key each call used. */
+function recordingGenerator(pipeline: Pipeline, keysUsed: (string | undefined)[]): ImageGenerator {
+  const real = createGeminiClient(pipeline.config, { logger: silentLogger() });
+  return {
+    generate: (req: GenerateImageRequest) => {
+      keysUsed.push(req.apiKey);
+      return real.generate(req);
+    },
+    close: () => real.close(),
+  };
+}
+
+const job = (i: number) => ({ prompt: `lane test ${i}`, tier: 'draft', size: '1K', aspectRatio: '1:1' });
+
+describe('shared model lanes in the pipeline', () => {
+  it('spreads jobs over the lanes of two keys', async () => {
+    p = await startPipeline({
+      worker: false, sim: { apiKeys: [GOOD_1, GOOD_2] },
+      env: { GEMINI_API_KEY: `${GOOD_1},${GOOD_2}`, LANE_INITIAL_RPM: 60, LANE_BURST: 1 },
+    });
+    const keysUsed: (string | undefined)[] = [];
+    worker = startImageWorker(p.config, { logger: silentLogger(), generator: recordingGenerator(p, keysUsed) });
+    const ids = await Promise.all([0, 1, 2, 3].map(async (i) => (await p!.submit(job(i))).body['id'] as string));
+    for (const id of ids) expect((await p.settle(id))['status']).toBe('succeeded');
+    expect(new Set(keysUsed)).toEqual(new Set([GOOD_1, GOOD_2]));
+    expect(keysUsed.filter((k) => k === GOOD_1).length).toBe(2);
+  });
+
+  it('takes a key answered 401/403 out of rotation; the job succeeds on the other key at once', async () => {
+    p = await startPipeline({ worker: false, sim: { apiKeys: [GOOD_1] }, env: { GEMINI_API_KEY: `${BAD},${GOOD_1}` } });
+    const keysUsed: (string | undefined)[] = [];
+    worker = startImageWorker(p.config, { logger: silentLogger(), generator: recordingGenerator(p, keysUsed) });
+    const first = (await p.submit(job(1))).body['id'] as string;
+    const view = await p.settle(first);
+    expect(view['status']).toBe('succeeded');
+    // Both lanes are fresh: the first key (the refused one) is tried first, then the other, in one attempt.
+    expect(keysUsed).toEqual([BAD, GOOD_1]);
+    const progress = readProgress((await p.queue.getJob(first))!.progress);
+    expect(progress.history.map((h) => h.outcome)).toEqual(['UPSTREAM_AUTH', 'succeeded']);
+    expect(progress.history.every((h) => h.attempt === 1)).toBe(true);
+
+    // The key stays out of rotation (visible in the lanes view, by its hash only): the next job never tries it.
+    const redis = new Redis(p.config.REDIS_URL);
+    try {
+      const lanes = createLaneLimiter(redis, p.config)!;
+      const lanesView = await lanes.view(p.config.MODEL_FAST);
+      expect(lanesView.filter((l) => l.keyDisabled).map((l) => l.keyId)).toEqual(p.config.MODEL_FAST.map(() => keyId(BAD)));
+      expect(JSON.stringify(lanesView)).not.toContain(BAD);
+    } finally {
+      await redis.quit();
+    }
+    // The admin view over HTTP says the same.
+    const res = await request(`${p.api.url}/v1/lanes`);
+    const body = (await res.body.json()) as { lanes: { keyId: string; keyDisabled?: string }[] };
+    expect(res.statusCode).toBe(200);
+    expect(body.lanes.filter((l) => l.keyDisabled).every((l) => l.keyId === keyId(BAD))).toBe(true);
+    expect(body.lanes.some((l) => l.keyDisabled)).toBe(true);
+    const second = (await p.submit(job(2))).body['id'] as string;
+    expect((await p.settle(second))['status']).toBe('succeeded');
+    expect(keysUsed).toEqual([BAD, GOOD_1, GOOD_1]);
+  });
+
+  it('a worker with a saturated lane moves jobs to delayed instead of holding them (no attempt used)', async () => {
+    // 0.5 rpm, no burst: one call now, the next slot in 120 s — far beyond LANE_MAX_HOLD_MS.
+    p = await startPipeline({ env: { LANE_INITIAL_RPM: 0.5, LANE_BURST: 1 } });
+    const ids = await Promise.all([0, 1, 2, 3].map(async (i) => (await p!.submit(job(i))).body['id'] as string));
+    await waitFor('one job done and three delayed', async () =>
+      (await p!.queue.getCompletedCount()) === 1 && (await p!.queue.getDelayedCount()) === 3);
+    expect(await p.queue.getActiveCount()).toBe(0);
+    const delayed = await p.queue.getDelayed();
+    expect(delayed.every((j) => ids.includes(String(j.id)))).toBe(true);
+    for (const j of delayed) {
+      expect(j.attemptsMade).toBe(0);
+      const history = readProgress(j.progress).history;
+      expect(history).toHaveLength(1);
+      expect(history[0]).toMatchObject({ outcome: 'requeued', model: p.config.MODEL_FAST[0] });
+      expect(history[0]!.reason).toMatch(new RegExp(`^lane ${p.config.MODEL_FAST[0]!.replace(/\./g, '\\.')} full \\(rate\\), next slot in \\d+ ms$`));
+      // Back in Redis until about the next slot (120 s at 0.5 rpm, plus a little jitter).
+      expect(j.delay).toBeGreaterThan(100_000);
+    }
+  });
+});
