@@ -84,7 +84,7 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
     config, generator, store, logger, now, random, policy: deps.policy,
     modelState: new ModelStateStore(stateConnection, config, now),
     // Model health and breakers (HEALTH_*, BREAKER_*): recorded per call, read by the router.
-    health: new HealthStore(stateConnection, config),
+    health: new HealthStore(stateConnection, config, {}, { snapshotCacheMs: 250 }),
     shutdownSignal: shutdown.signal,
     terminalHooks: deps.terminalHooks ?? [createWebhookEventHook(config, stateConnection), createBatchTerminalHook(config, stateConnection)],
     fetchInputImage: createInputImageFetcher(config),

@@ -19,7 +19,7 @@ import {
   appendHistory, readProgress, storedJobDataSchema, type HistoryEntry, type JobProgress, type JobResult, type StoredJobData, type Usage,
 } from '../jobs/record.js';
 import type { Logger } from '../logging/logger.js';
-import { pixelSize, supports, type ModelFamily } from '../models/catalogue.js';
+import { FAMILY_LABEL, pixelSize, supports, type ModelFamily } from '../models/catalogue.js';
 import { costFromUsage } from '../models/pricing.js';
 import type { GeneratedImage, ImageGenerator } from '../providers/gemini/types.js';
 import { runTerminalHooks, type TerminalHook } from '../jobs/terminal.js';
@@ -147,6 +147,9 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         return e.retryable ? retryLater(e) : fail(e);
       }
 
+      // Lanes found full in this attempt (model id → when the next slot opens): a standard job spills over
+      // to the tier's other model instead of waiting, so both models' quotas serve the backlog.
+      const laneFull = new Map<string, number>();
       for (let call = 0; call < MAX_CALLS_PER_ATTEMPT; call++) {
         if (canceled()) return canceledWhileRunning();
         if (deadline !== undefined && now() >= deadline) {
@@ -183,7 +186,13 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         }
 
         // Output validation (VALUE): after a DEGRADED answer the other model goes first (output-check.ts).
-        let candidate: Candidate = preferUndegraded(decision.candidates, progress.history, attempt)[0]!;
+        const ranked = preferUndegraded(decision.candidates, progress.history, attempt);
+        const notFull = ranked.filter((c) => !laneFull.has(c.modelId));
+        let candidate: Candidate = notFull[0] ?? ranked[0]!;
+        if (notFull.length > 0 && notFull.length < ranked.length) {
+          const full = [...laneFull.keys()].join(', ');
+          candidate = { ...candidate, reason: `spill-over to ${FAMILY_LABEL[candidate.family]}: lane ${full} is full; ${candidate.reason}` };
+        }
 
         // Budgets (VALUE, src/budget/budgets.ts): reserve this call's list price against the batch's
         // maxCostUsd and the tenant's daily cap; over budget: BUDGET_EXCEEDED, or Nano Banana 2 when allowed.
@@ -220,12 +229,16 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         if (gate && gate.kind !== 'go' && probeToken) await deps.health!.releaseProbe(candidate.modelId, probeToken); // HEALTH: nor a probe
         if (gate?.kind === 'no-keys') return fail(new PixelmillError('UPSTREAM_AUTH', gate.reason));
         if (gate?.kind === 'wait') {
-          if (deadline !== undefined && gate.untilMs >= deadline) {
+          // Spill-over (standard tier only: draft never pays Pro prices, premium never downgrades for speed).
+          laneFull.set(candidate.modelId, gate.untilMs);
+          if (req.tier === 'standard' && ranked.some((c) => !laneFull.has(c.modelId))) continue;
+          const nextSlot = Math.min(...laneFull.values());
+          if (deadline !== undefined && nextSlot >= deadline) {
             return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} comes before a dispatch slot (${gate.reason})`));
           }
           appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'requeued', 0, now(), gate.reason));
           await save();
-          await job.moveToDelayed(gate.untilMs, token);
+          await job.moveToDelayed(nextSlot, token);
           throw new DelayedError();
         }
         const lease = gate?.lease;

@@ -109,4 +109,21 @@ describe('shared model lanes in the pipeline', () => {
       expect(j.delay).toBeGreaterThan(100_000);
     }
   });
+
+  it('a standard job spills over to Pro when the Nano Banana 2 lane is full; a draft job waits instead', async () => {
+    // Nano Banana 2 capped at 1 rpm with no burst: after one call its next slot is ~60 s away. Pro is unpaced.
+    p = await startPipeline({ env: { MODEL_FAST_RPM: 1, LANE_BURST: 1 } });
+    const standard = await Promise.all([0, 1, 2].map(async (i) => (await p!.submit({ ...job(i), prompt: `spill ${i}`, tier: 'standard' })).body['id'] as string));
+    const views = await Promise.all(standard.map((id) => p!.settle(id)));
+    const models = views.map((v) => v['route'].model).sort();
+    expect(models).toEqual([p.config.MODEL_FAST[0], p.config.MODEL_PRO[0], p.config.MODEL_PRO[0]].sort());
+    for (const v of views.filter((x) => x['route'].model === p!.config.MODEL_PRO[0])) {
+      expect(v['route'].reason).toMatch(/^spill-over to Nano Banana Pro: lane .* is full/);
+      expect(v['history'].map((h: { outcome: string }) => h.outcome)).toEqual(['succeeded']);
+    }
+    // Draft never pays Pro prices: it goes back to Redis until the Nano Banana 2 lane has a slot.
+    const draft = (await p.submit({ ...job(9), prompt: 'spill draft' })).body['id'] as string;
+    await waitFor('the draft job to wait in Redis', async () => (await p!.queue.getJob(draft))?.isDelayed());
+    expect(p.sim.requests().filter((r) => r.prompt.includes('spill draft'))).toHaveLength(0);
+  });
 });
