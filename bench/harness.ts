@@ -1,8 +1,7 @@
 /**
- * What bench/quota.ts and bench/inflight.ts share: a cleanup stack released on exit, error and
- * signals; child processes started with `node --import tsx`; service processes (bench/service.ts)
- * that print their URL; markdown tables; appending to RESULTS.md. The same mechanisms as
- * bench/overhead.ts (which keeps its own copy).
+ * What bench/overhead.ts, bench/quota.ts and bench/inflight.ts share: a cleanup stack released on
+ * exit, error and signals; child processes started with `node --import tsx`; service processes
+ * (bench/service.ts) that print their URL; markdown tables; appending to RESULTS.md.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, existsSync, writeFileSync } from 'node:fs';
@@ -26,9 +25,11 @@ export class Cleanups {
   }
 
   add(release: () => Promise<void> | void): void {
+    // Registered while draining: the running loop picks it up.
     this.stack.push(release);
   }
 
+  /** Release everything once; every caller waits for the same pass. */
   run(): Promise<void> {
     return (this.draining ??= (async () => {
       for (let release = this.stack.pop(); release; release = this.stack.pop()) {
@@ -55,17 +56,21 @@ export interface Child {
 }
 
 /**
- * Spawn `node --import tsx <script>` with stdin/stdout as pipes (services read stdin to notice a dead
- * driver; scripts report on stdout); registered with the cleanups at once.
+ * Spawn `node --import tsx <script>`; registered with the cleanups at once. stdin/stdout are pipes by
+ * default (services read stdin to notice a dead driver; scripts report on stdout); `io: 'ignore'` for a
+ * child nobody talks to, whose output then can never fill a pipe. stderr is always kept to explain a crash.
  */
-export function spawnTsx(script: string, args: string[], env: NodeJS.ProcessEnv, nodeArgs: string[] = []): Child {
+export function spawnTsx(
+  script: string, args: string[], env: NodeJS.ProcessEnv, nodeArgs: string[] = [], io: 'pipe' | 'ignore' = 'pipe',
+): Child {
   if (cleanups.started) throw new Error(`not starting ${script}: the bench is stopping`);
   const proc = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', join(ROOT, script), ...args], {
-    cwd: ROOT, env, stdio: ['pipe', 'pipe', 'pipe'],
+    cwd: ROOT, env, stdio: [io, io, 'pipe'],
   });
   if (proc.pid === undefined) throw new Error(`could not start ${script}`);
   let stderr = '';
   proc.stderr?.on('data', (d: Buffer) => {
+    // Keep the tail only: enough to explain a crash.
     stderr = (stderr + d.toString()).slice(-8_000);
   });
   let stopping = false;
@@ -75,7 +80,7 @@ export function spawnTsx(script: string, args: string[], env: NodeJS.ProcessEnv,
       if (!stopping) reject(new Error(`${script} exited (${signal ?? code}) during the bench:\n${stderr.trim()}`));
     });
   });
-  died.catch(() => {}); // observed by whoever races it
+  died.catch(() => {}); // observed by whoever races it; an unobserved rejection must not crash the driver
   const child: Child = {
     pid: proc.pid,
     proc,
@@ -92,6 +97,12 @@ export function spawnTsx(script: string, args: string[], env: NodeJS.ProcessEnv,
   };
   cleanups.add(() => child.stop());
   return child;
+}
+
+/** Node args for BENCH_CPU_PROF=DIR: a .cpuprofile of the child (what blocks its event loop), written when it exits. */
+export function cpuProfNodeArgs(): string[] {
+  const dir = process.env['BENCH_CPU_PROF'];
+  return dir ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : [];
 }
 
 /** Start bench/service.ts in its own process and wait for the line with its URL. */

@@ -33,7 +33,7 @@ import { createRedis } from '../src/queue/connection.js';
 import { IMAGE_JOB_NAME, IMAGE_QUEUE, imageJobOptions, newJobId } from '../src/queue/image-queue.js';
 import type { SimulatorStats } from '../src/simulator/server.js';
 import type { PhaseReport } from './inflight-worker.js';
-import { cleanups, fmt, machineLine, markdownTable, record, runBench, sleep, spawnTsx, startService, timeout } from './harness.js';
+import { cleanups, cpuProfNodeArgs, fmt, machineLine, markdownTable, record, runBench, sleep, spawnTsx, startService, timeout } from './harness.js';
 
 const BUCKET = 'pixelmill-bench';
 const PREFIX = 'inflight';
@@ -257,11 +257,9 @@ async function main(): Promise<void> {
     ...('LANE_BURST' in shape ? { LANE_BURST: String(concurrency) } : {}),
   };
   const config = configFrom(vars);
-  // BENCH_CPU_PROF=DIR: a .cpuprofile of the worker (what blocks its event loop), written when it exits.
-  const profDir = process.env['BENCH_CPU_PROF'];
   const child = spawnTsx('bench/inflight-worker.ts', [], {
     PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/root', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...vars,
-  }, profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []);
+  }, cpuProfNodeArgs());
   const probe = new WorkerProbe(child);
   await probe.ask(undefined, 'ready');
   const queueConnection = createRedis(config, 'worker');

@@ -14,13 +14,11 @@
  * the worker's read from /proc/<pid>/stat. See bench/README.md for the topology and its reasons.
  * Appends the table to bench/RESULTS.md unless --no-record.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { appendFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, platform, arch, tmpdir, totalmem } from 'node:os';
-import { dirname, join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ListObjectsCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Queue, QueueEvents, Worker } from 'bullmq';
@@ -35,16 +33,13 @@ import { createGeminiClient } from '../src/providers/gemini/client.js';
 import { createRedis } from '../src/queue/connection.js';
 import { IMAGE_JOB_NAME, IMAGE_QUEUE, imageJobOptions, newJobId } from '../src/queue/image-queue.js';
 import { createS3Store, s3ClientConfig } from '../src/storage/object-store.js';
+import { cleanups, cpuProfNodeArgs, fmt, machineLine, markdownTable, record, runBench, spawnTsx, startService } from './harness.js';
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const BUCKET = 'pixelmill-bench';
 const PIPELINE_PREFIX = 'bench';
 const RAW_QUEUE_PREFIX = 'bench-raw';
 /** A run that makes no progress for this long has failed (a crashed worker, a wedged server). */
 const STALL_MS = 60_000;
-
-// The SDK's notice that future versions need Node 22 is noise in a benchmark table (children inherit it).
-process.env['AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'] ??= 'true';
 
 interface Options {
   jobs: number;
@@ -149,122 +144,6 @@ function cpuSpent(before: CpuSample, after: CpuSample): Map<string, number | und
     out.set(name, a === undefined || b === undefined ? undefined : a - b);
   }
   return out;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Cleanup: every process, server and temp dir the bench starts is registered here the moment it
-// exists, and released in reverse order at the end, on error and on SIGINT/SIGTERM.
-
-class Cleanups {
-  private readonly stack: (() => Promise<void> | void)[] = [];
-  private draining: Promise<void> | undefined;
-
-  get started(): boolean {
-    return this.draining !== undefined;
-  }
-
-  add(release: () => Promise<void> | void): void {
-    // Registered while draining: the running loop picks it up.
-    this.stack.push(release);
-  }
-
-  /** Release everything once; every caller waits for the same pass. */
-  run(): Promise<void> {
-    return (this.draining ??= (async () => {
-      for (let release = this.stack.pop(); release; release = this.stack.pop()) {
-        try {
-          await release();
-        } catch (err) {
-          console.error(`cleanup failed: ${(err as Error).message}`);
-        }
-      }
-    })());
-  }
-}
-
-const cleanups = new Cleanups();
-let interrupted = false;
-
-// ---------------------------------------------------------------------------------------------
-// Child processes
-
-interface Child {
-  readonly pid: number;
-  /** Rejects when the process exits before stop() was called. */
-  readonly died: Promise<never>;
-  stop(): Promise<void>;
-}
-
-/**
- * Spawn `node --import tsx <script>`; its stop() is registered with the cleanups at once. With `pipes`,
- * stdin and stdout are pipes (a service reports its URL and exits when stdin closes), else ignored.
- */
-function spawnTsx(script: string, args: string[], env: NodeJS.ProcessEnv, pipes: boolean): { proc: ChildProcess; child: Child } {
-  if (cleanups.started) throw new Error(`not starting ${script}: the bench is stopping`);
-  const io = pipes ? 'pipe' : 'ignore';
-  const proc = spawn(process.execPath, [...(process.env['BENCH_CPU_PROF'] && script.includes('image-worker') ? ['--cpu-prof', '--cpu-prof-dir=' + process.env['BENCH_CPU_PROF']] : []), '--import', 'tsx', join(ROOT, script), ...args], {
-    cwd: ROOT, env, stdio: [io, io, 'pipe'],
-  });
-  if (proc.pid === undefined) throw new Error(`could not start ${script}`);
-  let stderr = '';
-  proc.stderr?.on('data', (d: Buffer) => {
-    // Keep the tail only: enough to explain a crash.
-    stderr = (stderr + d.toString()).slice(-8_000);
-  });
-  let stopping = false;
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  const died = new Promise<never>((_, reject) => {
-    proc.once('exit', (code, signal) => {
-      if (!stopping) reject(new Error(`${script} exited (${signal ?? code}) during the bench:\n${stderr.trim()}`));
-    });
-  });
-  died.catch(() => {}); // observed by whoever races it; an unobserved rejection must not crash the driver
-  const child: Child = {
-    pid: proc.pid,
-    died,
-    async stop() {
-      stopping = true;
-      if (proc.exitCode !== null || proc.signalCode !== null) return;
-      proc.kill('SIGTERM');
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
-    },
-  };
-  cleanups.add(() => child.stop());
-  return { proc, child };
-}
-
-/** Start bench/service.ts in its own process and wait for the line with its URL. */
-async function startService(args: string[]): Promise<Child & { url: string }> {
-  const { proc, child } = spawnTsx('bench/service.ts', args, process.env, true);
-  const lines = createInterface({ input: proc.stdout! });
-  try {
-    const url = await Promise.race([
-      new Promise<string>((resolve, reject) => {
-        lines.once('line', (line) => {
-          try {
-            resolve((JSON.parse(line) as { url: string }).url);
-          } catch {
-            reject(new Error(`service ${args[0]} printed ${JSON.stringify(line)} instead of its URL`));
-          }
-        });
-      }),
-      child.died,
-      timeout(30_000, `service ${args[0]} to listen`),
-    ]);
-    return { ...child, url };
-  } catch (err) {
-    await child.stop();
-    throw err;
-  } finally {
-    lines.close();
-    proc.stdout?.resume(); // nothing more is expected; never let a full pipe block the service
-  }
-}
-
-function timeout(ms: number, what: string): Promise<never> {
-  return new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms).unref());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -455,7 +334,8 @@ async function runPixelmill(env: Env, config: Config): Promise<RunResult & { che
     PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/root',
     AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...pipelineEnv(env),
   };
-  const { child: worker } = spawnTsx('workers/image-worker.ts', [], workerEnv, false);
+  // Nobody talks to the worker: stdin/stdout ignored. BENCH_CPU_PROF profiles it (bench/README.md).
+  const worker = spawnTsx('workers/image-worker.ts', [], workerEnv, cpuProfNodeArgs(), 'ignore');
   const probes = [...env.probes, pidProbe('worker', worker.pid)];
 
   const api = await startApiServer(config, { logger: silentLogger() });
@@ -560,16 +440,6 @@ async function referenceImage(config: Config): Promise<Buffer> {
 // ---------------------------------------------------------------------------------------------
 // Report
 
-const fmt = (n: number | undefined, digits: number): string => (n === undefined || !Number.isFinite(n) ? 'n/a' : n.toFixed(digits));
-
-function markdownTable(header: string[], rows: string[][], rightAligned: boolean[]): string {
-  const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => (r[c] ?? '').length)));
-  const line = (cells: string[]) =>
-    `| ${cells.map((cell, c) => (rightAligned[c] ? cell.padStart(widths[c]!) : cell.padEnd(widths[c]!))).join(' | ')} |`;
-  const rule = `|${widths.map((w, c) => (rightAligned[c] ? `${'-'.repeat(w + 1)}:` : `${'-'.repeat(w + 2)}`)).join('|')}|`;
-  return [line(header), rule, ...rows.map(line)].join('\n');
-}
-
 function sumCpu(cpu: Map<string, number | undefined>): number | undefined {
   let total = 0;
   for (const v of cpu.values()) {
@@ -606,7 +476,7 @@ function report(opts: Options, imageBytes: number, runs: { queue: RunResult; sto
   const breakdown = (r: RunResult) =>
     `${[...r.cpuMs].map(([name, ms]) => `${name} ${fmt(perJob(ms, r.jobs), 2)}`).join(', ')} (machine ${busy(r)} busy)`;
   return [
-    `machine: node ${process.version}, ${platform()} ${arch()}, ${cpuList.length} × ${cpuList[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB RAM`,
+    machineLine(),
     `workload: ${opts.jobs} jobs, concurrency ${opts.concurrency}, 512 px 1:1 JPEG of ${imageBytes} bytes, draft tier, simulator without latency, s3rver; ${warmupCount(opts.concurrency)} warm-up jobs per run not counted`,
     '',
     table,
@@ -618,76 +488,46 @@ function report(opts: Options, imageBytes: number, runs: { queue: RunResult; sto
   ].join('\n');
 }
 
-function record(command: string, text: string): string {
-  const path = join(ROOT, 'bench', 'RESULTS.md');
-  if (!existsSync(path)) {
-    writeFileSync(path, '# Benchmark results\n\nAppended by the benchmarks in this folder (see README.md); newest last.\n');
-  }
-  appendFileSync(path, `\n## ${new Date().toISOString()} · \`${command}\`\n\n${text}\n`);
-  return path;
-}
-
 // ---------------------------------------------------------------------------------------------
-
-function onSignal(sig: NodeJS.Signals): void {
-  if (interrupted) process.exit(130);
-  interrupted = true;
-  console.error(`\n${sig}: stopping every process the bench started...`);
-  void cleanups.run().finally(() => process.exit(130));
-}
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   const opts = parseOptions(argv);
   const command = `npm run bench:overhead${argv.length > 0 ? ` -- ${argv.join(' ')}` : ''}`;
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const say = (line: string) => console.log(line);
+  say(`pixelmill overhead bench: ${opts.jobs} jobs, concurrency ${opts.concurrency}`);
+  const redis = await startRedisServer({ log: say });
+  cleanups.add(() => redis.stop());
+  const dir = mkdtempSync(join(tmpdir(), 'pixelmill-bench-s3-'));
+  cleanups.add(() => rmSync(dir, { recursive: true, force: true }));
+  const s3 = await startService(['s3', dir, BUCKET]);
+  const sim = await startService(['sim']);
+  say(`services: redis-server ${redis.url}, s3rver ${s3.url} (own process), simulator ${sim.url} (own process)`);
 
-  try {
-    const say = (line: string) => console.log(line);
-    say(`pixelmill overhead bench: ${opts.jobs} jobs, concurrency ${opts.concurrency}`);
-    const redis = await startRedisServer({ log: say });
-    cleanups.add(() => redis.stop());
-    const dir = mkdtempSync(join(tmpdir(), 'pixelmill-bench-s3-'));
-    cleanups.add(() => rmSync(dir, { recursive: true, force: true }));
-    const s3 = await startService(['s3', dir, BUCKET]);
-      const sim = await startService(['sim']);
-      say(`services: redis-server ${redis.url}, s3rver ${s3.url} (own process), simulator ${sim.url} (own process)`);
+  const probes = [
+    selfProbe('bench process'),
+    pidProbe('redis-server', childPid('redis-server')),
+    pidProbe('s3rver', s3.pid),
+    pidProbe('simulator', sim.pid),
+  ];
+  const partial: Env = { opts, redisUrl: redis.url, s3Url: s3.url, simUrl: sim.url, image: Buffer.alloc(0), probes };
+  const config = configFrom(pipelineEnv(partial));
+  const env: Env = { ...partial, image: await referenceImage(config) };
 
-    const probes = [
-      selfProbe('bench process'),
-      pidProbe('redis-server', childPid('redis-server')),
-      pidProbe('s3rver', s3.pid),
-      pidProbe('simulator', sim.pid),
-    ];
-    const partial: Env = { opts, redisUrl: redis.url, s3Url: s3.url, simUrl: sim.url, image: Buffer.alloc(0), probes };
-    const config = configFrom(pipelineEnv(partial));
-    const env: Env = { ...partial, image: await referenceImage(config) };
+  say('1/3 queue baseline (raw BullMQ, no-op worker)...');
+  const queue = await runQueueBaseline(env, config);
+  say(`    ${fmt(queue.perSecond, 1)} jobs/s`);
+  say('2/3 storage baseline (raw PutObject)...');
+  const storage = await runStorageBaseline(env, config);
+  say(`    ${fmt(storage.perSecond, 1)} puts/s`);
+  say('3/3 pixelmill (API → queue → worker → simulator → S3)...');
+  const pixelmill = await runPixelmill(env, config);
+  say(`    ${fmt(pixelmill.perSecond, 1)} jobs/s; checked: ${pixelmill.checks.join('; ')}`);
 
-    say('1/3 queue baseline (raw BullMQ, no-op worker)...');
-    const queue = await runQueueBaseline(env, config);
-    say(`    ${fmt(queue.perSecond, 1)} jobs/s`);
-    say('2/3 storage baseline (raw PutObject)...');
-    const storage = await runStorageBaseline(env, config);
-    say(`    ${fmt(storage.perSecond, 1)} puts/s`);
-    say('3/3 pixelmill (API → queue → worker → simulator → S3)...');
-    const pixelmill = await runPixelmill(env, config);
-    say(`    ${fmt(pixelmill.perSecond, 1)} jobs/s; checked: ${pixelmill.checks.join('; ')}`);
-
-    const text = report(opts, env.image.length, { queue, storage, pixelmill });
-    console.log(`\n${text}\n`);
-    if (opts.record) say(`appended to ${record(command, text)}`);
-  } finally {
-    await cleanups.run();
-  }
+  const text = report(opts, env.image.length, { queue, storage, pixelmill });
+  console.log(`\n${text}\n`);
+  if (opts.record) say(`appended to ${record(command, text)}`);
 }
 
-main().then(
-  () => process.exit(0),
-  (err: unknown) => {
-    // After a signal, the run fails because its servers went away; the signal handler exits.
-    if (interrupted) return;
-    console.error(err instanceof Error ? (err.stack ?? err.message) : String(err));
-    process.exit(1);
-  },
-);
+// Cleanups run at the end, on error and on SIGINT/SIGTERM (runBench); after a signal the signal handler exits.
+runBench(main);
