@@ -4,21 +4,18 @@
  * stores nothing and announces no success; tenants and finished jobs are refused.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { FlowProducer, type Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Config } from '../../src/config/env.js';
 import type { TerminalEvent, TerminalHook } from '../../src/jobs/terminal.js';
 import { readProgress } from '../../src/jobs/record.js';
 import { silentLogger } from '../../src/logging/logger.js';
 import { cancelJob, cancelKeys } from '../../src/queue/cancel.js';
 import { IMAGE_JOB_NAME, IMAGE_QUEUE } from '../../src/queue/image-queue.js';
-import { s3ClientConfig } from '../../src/storage/object-store.js';
 import { startCancelWatcher } from '../../src/worker/cancel.js';
 import { startImageWorker, type RunningImageWorker } from '../../src/worker/image-worker.js';
-import { startPipeline, type Pipeline } from '../support/pipeline.js';
+import { outputObjects, startPipeline, type Pipeline } from '../support/pipeline.js';
 import { childProcessEnv, waitFor } from '../support/stack.js';
 
 let p: Pipeline | undefined;
@@ -52,15 +49,6 @@ async function call(method: string, url: string, token?: string, json?: unknown)
 const del = (id: string, token?: string) => call('DELETE', `${p!.api.url}/v1/jobs/${id}`, token);
 const view = async (id: string, token?: string) => (await call('GET', `${p!.api.url}/v1/jobs/${id}`, token)).body;
 
-async function outputObjects(config: Config, jobId: string): Promise<string[]> {
-  const s3 = new S3Client(s3ClientConfig(config));
-  try {
-    const listed = await s3.send(new ListObjectsV2Command({ Bucket: config.S3_BUCKET, Prefix: `${config.S3_KEY_PREFIX}/${jobId}` }));
-    return (listed.Contents ?? []).map((o) => o.Key!);
-  } finally {
-    s3.destroy();
-  }
-}
 
 const simCalls = (marker: string) => p!.sim.requests().filter((r) => r.prompt.includes(marker));
 

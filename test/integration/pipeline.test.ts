@@ -4,10 +4,8 @@
  */
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { s3ClientConfig } from '../../src/storage/object-store.js';
 import { nextMidnight } from '../../src/state/model-state.js';
-import { startPipeline, type Pipeline } from '../support/pipeline.js';
+import { outputObjects, startPipeline, type Pipeline } from '../support/pipeline.js';
 import { waitFor } from '../support/stack.js';
 
 let p: Pipeline | undefined;
@@ -191,9 +189,6 @@ describe('pipeline', () => {
     const { body } = await p.submit({ prompt: 'twice [sim:truncate*1] e2e-overwrite', tier: 'draft' });
     const view = await p.settle(body['id']);
     expect(view['history'].map((h: { outcome: string }) => h.outcome)).toEqual(['BAD_RESPONSE', 'succeeded']);
-    const s3 = new S3Client(s3ClientConfig(p.config));
-    const listed = await s3.send(new ListObjectsV2Command({ Bucket: p.config.S3_BUCKET, Prefix: `${p.config.S3_KEY_PREFIX}/${body['id']}` }));
-    expect(listed.Contents?.map((o) => o.Key)).toEqual([`${p.config.S3_KEY_PREFIX}/${body['id']}.jpg`]);
-    s3.destroy();
+    expect(await outputObjects(p.config, body['id'])).toEqual([`${p.config.S3_KEY_PREFIX}/${body['id']}.jpg`]);
   });
 });

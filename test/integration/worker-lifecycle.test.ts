@@ -3,13 +3,10 @@
  * worker; a worker stopping gracefully past its grace hands in-flight jobs back without using an attempt.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Config } from '../../src/config/env.js';
 import { silentLogger } from '../../src/logging/logger.js';
-import { s3ClientConfig } from '../../src/storage/object-store.js';
 import { startImageWorker, type RunningImageWorker } from '../../src/worker/image-worker.js';
-import { startPipeline, type Pipeline } from '../support/pipeline.js';
+import { outputObjects, startPipeline, type Pipeline } from '../support/pipeline.js';
 import { childProcessEnv, waitFor } from '../support/stack.js';
 
 let p: Pipeline | undefined;
@@ -23,15 +20,6 @@ afterEach(async () => {
 });
 
 
-async function outputObjects(config: Config, jobId: string): Promise<string[]> {
-  const s3 = new S3Client(s3ClientConfig(config));
-  try {
-    const listed = await s3.send(new ListObjectsV2Command({ Bucket: config.S3_BUCKET, Prefix: `${config.S3_KEY_PREFIX}/${jobId}` }));
-    return (listed.Contents ?? []).map((o) => o.Key!);
-  } finally {
-    s3.destroy();
-  }
-}
 
 describe('worker lifecycle', () => {
   it('a worker killed with SIGKILL mid-generation leaves its job to another worker, which completes it; the output exists once', async () => {

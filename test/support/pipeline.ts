@@ -3,6 +3,7 @@
  * free port), an image worker, the shared redis-server and s3rver. Each pipeline has its own queue
  * prefix and key prefix.
  */
+import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { request } from 'undici';
@@ -11,7 +12,7 @@ import { startApiServer, type RunningApi } from '../../src/api/server.js';
 import { silentLogger } from '../../src/logging/logger.js';
 import { IMAGE_QUEUE } from '../../src/queue/image-queue.js';
 import { startSimulator, type RunningSimulator, type SimulatorOptions } from '../../src/simulator/server.js';
-import { createS3Store, type ObjectStore } from '../../src/storage/object-store.js';
+import { createS3Store, s3ClientConfig, type ObjectStore } from '../../src/storage/object-store.js';
 import { startImageWorker, type RunningImageWorker } from '../../src/worker/image-worker.js';
 import { testConfig, waitFor } from './stack.js';
 
@@ -75,4 +76,15 @@ export async function startPipeline(opts: {
       await sim.close();
     },
   };
+}
+
+/** The keys stored under a job's output prefix (a retry must overwrite, so there is at most one). */
+export async function outputObjects(config: Config, jobId: string): Promise<string[]> {
+  const s3 = new S3Client(s3ClientConfig(config));
+  try {
+    const listed = await s3.send(new ListObjectsV2Command({ Bucket: config.S3_BUCKET, Prefix: `${config.S3_KEY_PREFIX}/${jobId}` }));
+    return (listed.Contents ?? []).map((o) => o.Key!);
+  } finally {
+    s3.destroy();
+  }
 }
