@@ -33,7 +33,7 @@
  * unless --no-record. A FAIL does not fail the process. See bench/README.md.
  */
 import { setMaxListeners } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -75,8 +75,15 @@ interface Options {
   minuteMs: number;
   seed: number;
   scenarios: Scenario[];
+  /** Which clients run (all four by default); a subset is for tuning, its targets are judged on what ran. */
+  clients: ClientName[];
+  /** Print pixelmill's lanes (learned rpm, in flight) and images per model every half simulated minute. */
+  trace: boolean;
   record: boolean;
 }
+
+const CLIENT_NAMES = ['pixelmill', 'seed', 'seed-until-success', 'bullmq'] as const;
+type ClientName = (typeof CLIENT_NAMES)[number];
 
 type Scenario = 'offpeak' | 'storm';
 
@@ -91,6 +98,8 @@ function parseOptions(argv: string[]): Options {
       'minute-ms': { type: 'string', default: '4000' },
       seed: { type: 'string', default: '1' },
       scenarios: { type: 'string', default: 'offpeak,storm' },
+      clients: { type: 'string', default: CLIENT_NAMES.join(',') },
+      trace: { type: 'boolean', default: false },
       'no-record': { type: 'boolean', default: false },
     },
   });
@@ -101,6 +110,10 @@ function parseOptions(argv: string[]): Options {
   };
   const scenarios = values.scenarios.split(',').map((s) => s.trim()).filter(Boolean);
   for (const s of scenarios) if (s !== 'offpeak' && s !== 'storm') throw new Error(`--scenarios: unknown scenario "${s}" (offpeak, storm)`);
+  const clients = values.clients.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const c of clients) {
+    if (!(CLIENT_NAMES as readonly string[]).includes(c)) throw new Error(`--clients: unknown client "${c}" (${CLIENT_NAMES.join(', ')})`);
+  }
   return {
     jobs: int('jobs', values.jobs, 1, 100_000),
     concurrency: int('concurrency', values.concurrency, 1, 1000),
@@ -109,6 +122,8 @@ function parseOptions(argv: string[]): Options {
     minuteMs: int('minute-ms', values['minute-ms'], 100, 60_000),
     seed: int('seed', values.seed, 0, 2 ** 31),
     scenarios: scenarios as Scenario[],
+    clients: clients as ClientName[],
+    trace: values.trace,
     record: !values['no-record'],
   };
 }
@@ -228,7 +243,7 @@ async function countSimulator(env: Env): Promise<{ rateLimited: number; calls: n
  * Each is set only when the configuration in the tree has it (other helpers add knobs as the bench
  * runs), from its default.
  */
-const SCALED_DURATIONS = ['UPSTREAM_TIMEOUT_MS', 'BACKOFF_BASE_MS', 'BACKOFF_CAP_MS', 'LANE_MAX_HOLD_MS', 'HEALTH_WINDOW', 'HEALTH_BUCKET', 'BREAKER_OPEN_MS'];
+const SCALED_DURATIONS = ['UPSTREAM_TIMEOUT_MS', 'BACKOFF_BASE_MS', 'BACKOFF_CAP_MS', 'LANE_MAX_HOLD_MS', 'LANE_RATE_WINDOW', 'HEALTH_WINDOW', 'HEALTH_BUCKET', 'BREAKER_OPEN_MS'];
 const SCALED_RATES = ['LANE_INITIAL_RPM', 'LANE_MIN_RPM', 'LANE_AIMD_STEP_RPM'];
 
 function scaledKnobs(timeScale: number): Record<string, string> {
@@ -266,12 +281,15 @@ function workerEnv(env: Env, prefix: string): Record<string, string> {
 async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
   const { jobs } = env.opts;
   const prefix = `quota-${scenario}`;
-  const vars = workerEnv(env, prefix);
+  const vars = { ...workerEnv(env, prefix), ...(process.env['BENCH_WORKER_LOG'] ? { LOG_LEVEL: 'debug' } : {}) };
   const config = configFrom(vars);
   const worker: Child = spawnTsx('workers/image-worker.ts', [], {
     PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/root', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...vars,
   });
-  worker.proc.stdout?.resume(); // silent, but a full pipe must never block it
+  // BENCH_WORKER_LOG=<file>: the worker's pino lines at debug level go there (for tuning); else silent.
+  const logFile = process.env['BENCH_WORKER_LOG'];
+  if (logFile) worker.proc.stdout?.pipe(createWriteStream(`${logFile}.${scenario}`));
+  else worker.proc.stdout?.resume(); // silent, but a full pipe must never block it
   const api = await startApiServer(config, { logger: silentLogger() });
   const queueConnection = createRedis(config, 'worker');
   const queue = new Queue(IMAGE_QUEUE, { connection: queueConnection, prefix });
@@ -311,6 +329,7 @@ async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
 
     const t0 = Date.now();
     const stopStorm = scheduleStorm(env, scenario);
+    const stopTrace = env.opts.trace ? traceLanes(env, pool, t0) : () => {};
     const limit = t0 + runLimitMs(env, scenario);
     try {
       let next = 0;
@@ -321,6 +340,7 @@ async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
       while ((await finished()) < jobs && Date.now() < limit) await Promise.race([sleep(100), worker.died]);
     } finally {
       stopStorm();
+      stopTrace();
     }
     const sim = await countSimulator(env);
 
@@ -349,6 +369,31 @@ async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
   } finally {
     await release();
   }
+}
+
+/**
+ * --trace: every half simulated minute, one line per model with what the simulator saw since the
+ * last line (200s, 429s, in flight) and what pixelmill's lane believes (learned rpm per simulated
+ * minute, leases in flight, closure). For tuning the lanes; the figures are not part of the report.
+ */
+function traceLanes(env: Env, pool: Pool, t0: number): () => void {
+  let last: SimulatorStats = {};
+  const tick = async (): Promise<void> => {
+    const stats = await simStats(env);
+    const res = await pool.request({ path: '/v1/lanes', method: 'GET' });
+    const { lanes } = (await res.body.json()) as { lanes: { model: string; rpm: number | null; inFlight: number; closedUntil?: string }[] };
+    const at = (Date.now() - t0) / env.opts.minuteMs;
+    const parts = Object.entries(stats).map(([model, st]) => {
+      const before = last[model];
+      const lane = lanes.find((l) => l.model === model);
+      const rpm = lane?.rpm == null ? 'unpaced' : `${fmt(lane.rpm * env.timeScale, 0)}/min`;
+      return `${model}: +${st.ok - (before?.ok ?? 0)} ok +${st.rateLimited - (before?.rateLimited ?? 0)} 429 sim-inflight ${st.inFlight} lane ${rpm} leases ${lane?.inFlight ?? 0}${lane?.closedUntil ? ' closed' : ''}`;
+    });
+    last = stats;
+    console.log(`  t=${fmt(at, 1)} ${parts.join(' | ')}`);
+  };
+  const timer = setInterval(() => void tick().catch((e: unknown) => console.error(`trace: ${String(e)}`)), env.opts.minuteMs / 2);
+  return () => clearInterval(timer);
 }
 
 /** What the seeds' client does with one image: call, and store it like pixelmill does. */
@@ -633,14 +678,14 @@ async function main(): Promise<void> {
   say(`services: redis-server ${redis.url}, s3rver ${s3.url}, simulator ${sim.url}`);
 
   const runs: RunResult[] = [];
-  const steps: [string, (s: Scenario) => Promise<RunResult>][] = [
-    ['pixelmill', (s) => runPixelmill(env, s)],
-    ['seed loop, as written', (s) => runSeed(env, s, false)],
-    ['seed loop, until success', (s) => runSeed(env, s, true)],
-    ['BullMQ attempts + backoff', (s) => runBullmq(env, s)],
+  const steps: [ClientName, string, (s: Scenario) => Promise<RunResult>][] = [
+    ['pixelmill', 'pixelmill', (s) => runPixelmill(env, s)],
+    ['seed', 'seed loop, as written', (s) => runSeed(env, s, false)],
+    ['seed-until-success', 'seed loop, until success', (s) => runSeed(env, s, true)],
+    ['bullmq', 'BullMQ attempts + backoff', (s) => runBullmq(env, s)],
   ];
   for (const scenario of opts.scenarios) {
-    for (const [label, run] of steps) {
+    for (const [, label, run] of steps.filter(([name]) => opts.clients.includes(name))) {
       say(`${scenario}: ${label}...`);
       const r = await Promise.race([run(scenario), sim.died, s3.died, timeout(runLimitMs(env, scenario) + 120_000, `${scenario} ${label}`)]);
       say(`    ${fmt(r.makespanMs / 1000, 1)} s, ${r.succeeded} ok, ${r.lost} lost, ${r.rateLimited} 429s`);

@@ -188,6 +188,8 @@ export const configSchema = z
     LANE_MIN_RPM: z.coerce.number({ message: 'must be a number' }).min(0.01).max(1_000_000).default(1),
     LANE_AIMD_STEP_RPM: z.coerce.number({ message: 'must be a number' }).min(0).max(10_000).default(1),
     LANE_AIMD_DECREASE: z.coerce.number({ message: 'must be a number' }).gt(0).lt(1).default(0.5),
+    /** The period the provider counts a per-minute quota over; the first 429 learns the rate from the calls admitted in it. */
+    LANE_RATE_WINDOW: durationMs.default(60_000),
     LANE_BURST: intFromEnv(1, 10_000).default(5),
     LANE_MAX_INFLIGHT: intFromEnv(1, 1_000_000).optional(),
     LANE_MAX_HOLD_MS: intFromEnv(0, 60_000).default(250),

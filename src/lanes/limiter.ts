@@ -7,7 +7,7 @@
  *   60 000 / rpm ms, with a burst of LANE_BURST calls after an idle spell) whose rate is LEARNED from
  *   the upstream by AIMD: a lane with no known rate (no ceiling, no LANE_INITIAL_RPM) is not paced
  *   until its first 429, which sets its rate to LANE_AIMD_DECREASE × the rate it was dispatching at
- *   (counted per minute); then +LANE_AIMD_STEP_RPM per success while the limiter is what holds calls back,
+ *   (calls admitted per LANE_RATE_WINDOW, the provider's quota period); then +LANE_AIMD_STEP_RPM per success while the limiter is what holds calls back,
  *   ×LANE_AIMD_DECREASE on a 429 (once per round: answers to calls sent before the last cut do not cut
  *   again), never above the operator ceiling (MODEL_FAST_RPM / MODEL_PRO_RPM) nor below LANE_MIN_RPM;
  * - a closure (`closedUntil`): the RetryInfo delay of a 429 on this lane, or the next midnight in
@@ -18,7 +18,7 @@
  *
  * Redis keys (under {QUEUE_PREFIX}:pm):
  *   lane:{model}@{keyId}           hash: rpm, tat, closedUntil, closedReason, refusedAt, cutAt,
- *                                  winId, winCount, prevCount (admissions this minute and the last)
+ *                                  winId, winCount, prevCount (admissions this rate window and the last)
  *   lane:{model}@{keyId}:inflight  zset: lease id → expiry (epoch ms)
  *   apikey:{keyId}:disabled        string: why the key was refused; PX LANE_AUTH_DISABLE_TTL
  *
@@ -48,6 +48,7 @@ const ACQUIRE_LUA = `
 --   ARGV[7]  burst: calls admitted back to back after an idle spell (>= 1)
 --   ARGV[8]  ms to come back when a lane is at its in-flight cap (the end of a call is not predictable)
 --   ARGV[9]  state TTL ms: a lane idle this long forgets its learned rate
+--   ARGV[10] rate window ms (LANE_RATE_WINDOW): admissions are counted per window for the first 429
 -- Returns {status, lane index, wait ms, why, rpm, interval ms}
 --   status 1: admitted on lane <index> (lease recorded, tat advanced)
 --   status 0: refused; lane <index> has the earliest free slot, in <wait ms>; why = rate | inflight | closed
@@ -90,8 +91,8 @@ if bestAt > now then
   return {0, best, math.ceil(bestAt - now), bestWhy, tostring(bestRpm), math.ceil(interval)}
 end
 redis.call('HSET', h, 'tat', tostring(bestTat + interval), 'rpm', tostring(bestRpm))
--- Admissions per minute (this one and the last): what the first 429 learns the rate from.
-local win = math.floor(now / 60000)
+-- Admissions per rate window (this one and the last): what the first 429 learns the rate from.
+local win = math.floor(now / tonumber(ARGV[10]))
 local w = redis.call('HMGET', h, 'winId', 'winCount')
 local winId, winCount = tonumber(w[1]) or -1, tonumber(w[2]) or 0
 if winId ~= win then
@@ -122,6 +123,7 @@ const SETTLE_LUA = `
 --   ARGV[8]  additive step, rpm per success
 --   ARGV[9]  multiplicative factor on 429 (0 < f < 1)
 --   ARGV[10] state TTL ms
+--   ARGV[11] rate window ms (LANE_RATE_WINDOW)
 -- Increase only while the limiter holds calls back (a refusal for rate in the last minute, or the
 -- schedule running ahead of now): a lane that is idle or held back by its in-flight cap learns nothing.
 -- Decrease at most once per round: a 429 to a call acquired before the last cut does not cut again.
@@ -134,15 +136,17 @@ local ceiling = tonumber(ARGV[6])
 if rpm == 0 then
   -- Not paced yet: nothing to raise; the first 429 starts from the rate the lane was dispatching at.
   if ARGV[2] ~= 'rate_limited' then return '0' end
-  local win = math.floor(now / 60000)
+  local window = tonumber(ARGV[11])
+  local win = math.floor(now / window)
   local winCount, prevCount = tonumber(f[6]) or 0, tonumber(f[7]) or 0
   local observed = 0
   if tonumber(f[5]) == win then
-    observed = winCount + prevCount * (1 - (now % 60000) / 60000)
+    observed = winCount + prevCount * (1 - (now % window) / window)
   elseif tonumber(f[5]) == win - 1 then
-    observed = winCount * (1 - (now % 60000) / 60000)
+    observed = winCount * (1 - (now % window) / window)
   end
-  rpm = observed * tonumber(ARGV[9])
+  -- The upstream let \`observed\` calls through within one window: that many per window, per minute.
+  rpm = observed * (60000 / window) * tonumber(ARGV[9])
   redis.call('HSET', KEYS[1], 'cutAt', now)
 elseif ARGV[2] == 'succeeded' then
   local busy = (tonumber(f[3]) or -1) >= now - 60000 or (tonumber(f[2]) or 0) >= now
@@ -155,6 +159,13 @@ elseif ARGV[2] == 'rate_limited' then
 end
 if ceiling > 0 and rpm > ceiling then rpm = ceiling end
 if rpm < tonumber(ARGV[7]) then rpm = tonumber(ARGV[7]) end
+-- The schedule ahead of now (tat - now) was booked at the old interval: keep the number of slots it
+-- holds, not its length, so a rate that rises takes effect at once (and a cut pushes it out).
+local oldRpm = tonumber(f[1]) or tonumber(ARGV[5])
+local tat = tonumber(f[2]) or 0
+if oldRpm > 0 and rpm ~= oldRpm and tat > now then
+  redis.call('HSET', KEYS[1], 'tat', tostring(now + (tat - now) * oldRpm / rpm))
+end
 redis.call('HSET', KEYS[1], 'rpm', tostring(rpm))
 redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[10]), (tonumber(redis.call('HGET', KEYS[1], 'closedUntil') or '0')) - now + 1000))
 return tostring(rpm)
@@ -241,6 +252,8 @@ export interface LaneOptions {
   minRpm: number;
   stepRpm: number;
   decreaseFactor: number;
+  /** The provider's quota period (LANE_RATE_WINDOW): the first 429 learns calls per window. */
+  rateWindowMs: number;
   burst: number;
   /** 0 = no fleet-wide cap. */
   maxInflight: number;
@@ -261,6 +274,7 @@ export function laneOptionsFromConfig(config: Config): LaneOptions {
     minRpm: config.LANE_MIN_RPM,
     stepRpm: config.LANE_AIMD_STEP_RPM,
     decreaseFactor: config.LANE_AIMD_DECREASE,
+    rateWindowMs: config.LANE_RATE_WINDOW,
     burst: config.LANE_BURST,
     maxInflight: config.LANE_MAX_INFLIGHT ?? 0,
     maxHoldMs: config.LANE_MAX_HOLD_MS,
@@ -315,6 +329,7 @@ export class LaneLimiter {
     const [status, index, waitMs, why, rpm, intervalMs] = await this.redis.pmLaneAcquire(
       laneKeys.length, ...laneKeys,
       now, leaseId, o.leaseTtlMs, o.maxInflight, this.startRpm(modelId), this.ceiling(modelId) ?? 0, o.burst, o.inflightRetryMs, o.stateTtlMs,
+      o.rateWindowMs,
     );
     if (status === -1) return { kind: 'no-keys' };
     const key = this.keys[index - 1]!;
@@ -355,7 +370,7 @@ export class LaneLimiter {
     const rpm = Number(await this.redis.pmLaneSettle(
       this.stateKey(lease.modelId, lease.keyId), this.inflightKey(lease.modelId, lease.keyId),
       lease.leaseId, outcome, this.now(), lease.acquiredAt, this.startRpm(lease.modelId), this.ceiling(lease.modelId) ?? 0,
-      o.minRpm, o.stepRpm, o.decreaseFactor, o.stateTtlMs,
+      o.minRpm, o.stepRpm, o.decreaseFactor, o.stateTtlMs, o.rateWindowMs,
     ));
     if (outcome === 'rate_limited') this.logger.info({ lane: lease.lane, rpm }, 'lane answered 429: rate cut');
     return rpm;

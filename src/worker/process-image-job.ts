@@ -238,6 +238,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           }
           appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'requeued', 0, now(), gate.reason));
           await save();
+          log.debug({ untilMs: nextSlot, full: [...laneFull.keys()], reason: gate.reason }, 'lanes full: back to Redis until a slot');
           await job.moveToDelayed(nextSlot, token);
           throw new DelayedError();
         }

@@ -142,6 +142,33 @@ describe('lane limiter: AIMD', () => {
     expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', why: 'rate' });
   });
 
+  it('the first 429 counts calls per LANE_RATE_WINDOW (the quota period), as a rate per minute', async () => {
+    const env = freshEnv();
+    // A 4 s window: 12 calls let through within one window = 12 per 4 s = 180 per minute.
+    env.clock.t = Date.parse('2026-03-02T18:00:00.500Z');
+    const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 1, rateWindowMs: 4_000 });
+    const leases: LaneLease[] = [];
+    for (let i = 0; i < 12; i++) leases.push(admitted(await lim.tryAcquire(MODEL)));
+    expect(await lim.settle(leases[0]!, 'rate_limited')).toBe(90);
+  });
+
+  it('a rate change rescales the schedule already booked: a raised rate frees slots at once, a cut pushes them out', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 6, stepRpm: 54, burst: 1 });
+    // At 6/min (a slot per 10 s) three admissions book the schedule 20 s ahead of now after the first.
+    const leases = [admitted(await lim.tryAcquire(MODEL))];
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', waitMs: 10_000 });
+    // A success while the limiter binds raises the rate to 60/min (a slot per second): the wait of
+    // the booked slot shrinks to a tenth instead of staying 10 s.
+    expect(await lim.settle(leases[0]!, 'succeeded')).toBe(60);
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', waitMs: 1_000, rpm: 60 });
+    env.clock.t += 1_000;
+    const next = admitted(await lim.tryAcquire(MODEL));
+    // A 429 halves it: the next slot, a second away at 60/min, is two seconds away at 30/min.
+    expect(await lim.settle(next, 'rate_limited')).toBe(30);
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', waitMs: 2_000, rpm: 30 });
+  });
+
   it('an idle lane (not held back by its rate) learns nothing from successes', async () => {
     const env = freshEnv();
     const lim = limiterFor(env, { initialRpm: 10, stepRpm: 2 });
