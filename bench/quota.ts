@@ -1,6 +1,7 @@
 /**
  * `npm run bench:quota [-- --jobs N --concurrency C --q-fast Q1 --q-pro Q2 --minute-ms M --seed S
- *                        --scenarios offpeak,storm --no-record]`
+ *                        --scenarios offpeak,storm --clients pixelmill,seed,seed-until-success,bullmq
+ *                        --submit batch|jobs --trace --no-record]`
  *
  * How close pixelmill gets to the quotas' ceiling, and how many calls it wastes on the way, against
  * the Gemini simulator with per-minute quotas (Nano Banana 2: Q1, Pro: Q2 requests per simulated
@@ -14,8 +15,9 @@
  * and four clients per scenario, one after the other against the same simulator (its stats and quota
  * buckets reset before each run), all at the same concurrency C:
  *
- *   pixelmill                 jobs POSTed to the real HTTP API (in this process), the real image
- *                             worker in its own process, images stored in s3rver
+ *   pixelmill                 the N jobs POSTed to the real HTTP API (in this process) as one batch
+ *                             (--submit jobs: one POST /v1/jobs each), the real image worker in its
+ *                             own process, images stored in s3rver
  *   seed, as written          the seeds' generate_with_fallback(prefer="fast", max_retries=2) in
  *                             TypeScript: 3 calls at most (Nano Banana 2, then Pro, Pro), 429 or
  *                             timeout → next call at once, other errors → sleep 2 s; gives up
@@ -77,6 +79,8 @@ interface Options {
   scenarios: Scenario[];
   /** Which clients run (all four by default); a subset is for tuning, its targets are judged on what ran. */
   clients: ClientName[];
+  /** How pixelmill gets the jobs: one POST /v1/batches (default) or one POST /v1/jobs per job. */
+  submit: 'batch' | 'jobs';
   /** Print pixelmill's lanes (learned rpm, in flight) and images per model every half simulated minute. */
   trace: boolean;
   record: boolean;
@@ -100,6 +104,7 @@ function parseOptions(argv: string[]): Options {
       scenarios: { type: 'string', default: 'offpeak,storm' },
       clients: { type: 'string', default: CLIENT_NAMES.join(',') },
       trace: { type: 'boolean', default: false },
+      submit: { type: 'string', default: 'batch' },
       'no-record': { type: 'boolean', default: false },
     },
   });
@@ -124,6 +129,7 @@ function parseOptions(argv: string[]): Options {
     scenarios: scenarios as Scenario[],
     clients: clients as ClientName[],
     trace: values.trace,
+    submit: values.submit === 'jobs' ? 'jobs' : values.submit === 'batch' ? 'batch' : (() => { throw new Error(`--submit must be batch or jobs, not "${values.submit}"`); })(),
     record: !values['no-record'],
   };
 }
@@ -281,7 +287,9 @@ function workerEnv(env: Env, prefix: string): Record<string, string> {
 async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
   const { jobs } = env.opts;
   const prefix = `quota-${scenario}`;
-  const vars = { ...workerEnv(env, prefix), ...(process.env['BENCH_WORKER_LOG'] ? { LOG_LEVEL: 'debug' } : {}) };
+  // BENCH_WORKER_ENV="K=V,K=V": extra worker settings to try (tuning); the run's header does not show them.
+  const extra = Object.fromEntries((process.env['BENCH_WORKER_ENV'] ?? '').split(',').filter((kv) => kv.includes('=')).map((kv) => kv.split('=', 2) as [string, string]));
+  const vars = { ...workerEnv(env, prefix), ...(process.env['BENCH_WORKER_LOG'] ? { LOG_LEVEL: 'debug' } : {}), ...extra };
   const config = configFrom(vars);
   const worker: Child = spawnTsx('workers/image-worker.ts', [], {
     PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/root', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...vars,
@@ -311,6 +319,14 @@ async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
       if (res.statusCode !== 202) throw new Error(`POST /v1/jobs answered ${res.statusCode}: ${body.slice(0, 300)}`);
       return (JSON.parse(body) as { id: string }).id;
     };
+    const submitBatch = async (texts: string[]): Promise<void> => {
+      const res = await pool.request({
+        path: '/v1/batches', method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ defaults: { tier: 'standard', size: '1K', aspectRatio: '1:1' }, jobs: texts.map((text) => ({ prompt: text })) }),
+      });
+      const body = await res.body.text();
+      if (res.statusCode !== 202) throw new Error(`POST /v1/batches answered ${res.statusCode}: ${body.slice(0, 300)}`);
+    };
     const finished = async (): Promise<number> => {
       const c = await queue.getJobCounts('completed', 'failed');
       return (c['completed'] ?? 0) + (c['failed'] ?? 0);
@@ -332,11 +348,18 @@ async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
     const stopTrace = env.opts.trace ? traceLanes(env, pool, t0) : () => {};
     const limit = t0 + runLimitMs(env, scenario);
     try {
-      let next = 0;
-      const submitter = async (): Promise<void> => {
-        while (next < jobs) await submit(prompt(prefix, next++));
-      };
-      await Promise.all(Array.from({ length: 16 }, submitter));
+      // Bulk work goes in as one batch (POST /v1/batches, what `pixelmill submit --file` does); with
+      // --submit jobs, as N single POST /v1/jobs (16 at a time).
+      if (env.opts.submit === 'batch') {
+        await submitBatch(Array.from({ length: jobs }, (_, i) => prompt(prefix, i)));
+      } else {
+        let next = 0;
+        const submitter = async (): Promise<void> => {
+          while (next < jobs) await submit(prompt(prefix, next++));
+        };
+        await Promise.all(Array.from({ length: 16 }, submitter));
+      }
+      if (env.opts.trace) console.log(`  all ${jobs} jobs submitted at t=${fmt((Date.now() - t0) / env.opts.minuteMs, 2)} sim min`);
       while ((await finished()) < jobs && Date.now() < limit) await Promise.race([sleep(100), worker.died]);
     } finally {
       stopStorm();
@@ -352,6 +375,7 @@ async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
     for (const j of completed) costUsd += j.returnvalue?.totalCostUsd ?? 0;
     for (const j of failed) costUsd += jobProgressSchema.safeParse(j.progress).data?.costUsd ?? 0;
     const lastFinish = Math.max(t0, ...finishedJobs.map((j) => j.finishedOn ?? 0));
+    if (env.opts.trace) traceTail(env, t0, finishedJobs);
     const failedCodes = new Map<string, number>();
     for (const j of failed) {
       const code = jobProgressSchema.safeParse(j.progress).data?.error?.code ?? j.failedReason ?? 'unknown';
@@ -394,6 +418,17 @@ function traceLanes(env: Env, pool: Pool, t0: number): () => void {
   };
   const timer = setInterval(() => void tick().catch((e: unknown) => console.error(`trace: ${String(e)}`)), env.opts.minuteMs / 2);
   return () => clearInterval(timer);
+}
+
+/** --trace: the history of the last jobs to finish (what made the tail of the makespan). */
+function traceTail(env: Env, t0: number, jobs: Job[]): void {
+  const sim = (at: number): string => fmt((at - t0) / env.opts.minuteMs, 2);
+  const last = [...jobs].sort((a, b) => (b.finishedOn ?? 0) - (a.finishedOn ?? 0)).slice(0, 5);
+  for (const j of last) {
+    const progress = jobProgressSchema.safeParse(j.progress).data;
+    console.log(`  tail: ${j.id} created ${sim(j.timestamp)} finished ${sim(j.finishedOn ?? 0)} attempts ${j.attemptsMade}`);
+    for (const h of progress?.history ?? []) console.log(`    ${sim(Date.parse(h.at))} ${h.outcome}${h.count ? ` ×${h.count}` : ''} ${h.model ?? ''} ${(h.reason ?? '').slice(0, 120)}`);
+  }
 }
 
 /** What the seeds' client does with one image: call, and store it like pixelmill does. */
@@ -570,6 +605,7 @@ async function runBullmq(env: Env, scenario: Scenario): Promise<RunResult> {
     const finishedJobs = [...completed, ...failed];
     const unfinished = jobs - finishedJobs.length;
     const lastFinish = Math.max(t0, ...finishedJobs.map((j) => j.finishedOn ?? 0));
+    if (env.opts.trace) traceTail(env, t0, finishedJobs);
     return {
       scenario, name: 'BullMQ attempts 5 + exp. backoff', isPixelmill: false,
       makespanMs: (unfinished > 0 ? Date.now() : lastFinish) - t0,
@@ -690,6 +726,10 @@ async function main(): Promise<void> {
       const r = await Promise.race([run(scenario), sim.died, s3.died, timeout(runLimitMs(env, scenario) + 120_000, `${scenario} ${label}`)]);
       say(`    ${fmt(r.makespanMs / 1000, 1)} s, ${r.succeeded} ok, ${r.lost} lost, ${r.rateLimited} 429s`);
       runs.push(r);
+      if (opts.trace) {
+        const q = (p: number) => fmt((quantile(r.latenciesMs, p) ?? NaN) / opts.minuteMs, 2);
+        say(`    finished by (sim min): 50 % ${q(0.5)}, 90 % ${q(0.9)}, 98 % ${q(0.98)}, 99 % ${q(0.99)}, 99.5 % ${q(0.995)}, all ${q(1)}`);
+      }
     }
   }
 

@@ -236,7 +236,7 @@ export type AcquireAnswer =
 /** What the processor does next: call now, go back to Redis until `untilMs`, or give up (no usable key). */
 export type LaneGate =
   | { kind: 'go'; lease: LaneLease; waitedMs: number }
-  | { kind: 'wait'; untilMs: number; waitMs: number; reason: string }
+  | { kind: 'wait'; untilMs: number; waitMs: number; reason: string; rpm: number }
   | { kind: 'no-keys'; reason: string };
 
 export type LaneOutcome = 'succeeded' | 'rate_limited' | 'other';
@@ -358,7 +358,7 @@ export class LaneLimiter {
       }
       const jitter = Math.floor(this.random() * Math.min(a.intervalMs, a.waitMs));
       return {
-        kind: 'wait', untilMs: this.now() + a.waitMs + jitter, waitMs: a.waitMs,
+        kind: 'wait', untilMs: this.now() + a.waitMs + jitter, waitMs: a.waitMs, rpm: a.rpm,
         reason: `lane ${modelId} full (${a.why}), next slot in ${a.waitMs} ms`,
       };
     }

@@ -7,7 +7,7 @@
  */
 import { setMaxListeners } from 'node:events';
 import { getHeapStatistics } from 'node:v8';
-import { Worker, type Job } from 'bullmq';
+import { Queue, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Config } from '../config/env.js';
 import type { JobResult } from '../jobs/record.js';
@@ -31,6 +31,7 @@ import { createImageJobProcessor } from './process-image-job.js';
 import { primaryApiKey } from '../lanes/keys.js';
 import { createLaneLimiter } from '../lanes/limiter.js';
 import { RedisBudgets } from '../budget/budgets.js';
+import { createBacklogReader } from '../queue/backlog.js';
 
 /** Memory held per in-flight generation while its answer is handled (~5x a 4K image; see the anchors, A4). */
 const BYTES_PER_INFLIGHT_JOB = 32 * 1024 * 1024;
@@ -78,6 +79,7 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
   // Every in-flight job listens on it (and stops listening when it ends): not a leak, so no warning.
   setMaxListeners(0, shutdown.signal);
 
+  const backlogQueue = new Queue(IMAGE_QUEUE, { connection: stateConnection, prefix: config.QUEUE_PREFIX });
   // Late-bound: the cancel watcher needs the Worker, the processor needs the watcher.
   const late: { cancelWatcher?: CancelWatcher } = {};
   const processor = createImageJobProcessor({
@@ -93,6 +95,8 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
     lanes: createLaneLimiter(stateConnection, config, { now, random, logger }),
     // Batch maxCostUsd, TENANT_DAILY_BUDGET_USD and spend per family and day (src/budget/budgets.ts).
     budgets: new RedisBudgets(stateConnection, config, { now, logger }),
+    // Jobs waiting, shared for 250 ms: whether a standard job spills to the other model (src/lanes/spill.ts).
+    backlog: createBacklogReader(backlogQueue, { now }),
   });
 
   const worker = new Worker<unknown, JobResult>(IMAGE_QUEUE, processor, {
@@ -141,6 +145,7 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
           clearTimeout(timer);
           await cancelWatcher.close();
           await finisher.close();
+          await backlogQueue.close();
           await generator.close();
           if (!deps.store) store.destroy();
           await stateConnection.quit().catch(() => {});

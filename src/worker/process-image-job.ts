@@ -30,7 +30,9 @@ import { cooldownJitter } from './backoff.js';
 import { UNLIMITED_BUDGETS, type BudgetGate } from '../budget/budgets.js';
 import { DEGRADED_OUTCOME, decideDegraded, degradedActionFor, describeDegradation, preferUndegraded } from './output-check.js';
 import { withLane, type LaneLease, type LaneLimiter } from '../lanes/limiter.js';
+import { decideSpill } from '../lanes/spill.js';
 import type { HealthStore } from '../health/health-store.js';
+import type { BacklogReader } from '../queue/backlog.js';
 
 /** Upper bound on upstream calls within one attempt (fallbacks, retired ids, the NO_IMAGE retry). */
 const MAX_CALLS_PER_ATTEMPT = 6;
@@ -58,6 +60,8 @@ export interface ImageJobDeps {
   lanes?: LaneLimiter;
   /** Model health and breakers (src/health): every call's outcome is recorded, the router reads it. Absent = no health. */
   health?: HealthStore;
+  /** Jobs waiting in the queue (src/queue/backlog.ts), for the spill-over decision; absent = always spill. */
+  backlog?: BacklogReader;
 }
 
 /** Thrown inside the processor to end the job for good; the code is already on the job's progress. */
@@ -150,6 +154,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
       // Lanes found full in this attempt (model id → when the next slot opens): a standard job spills over
       // to the tier's other model instead of waiting, so both models' quotas serve the backlog.
       const laneFull = new Map<string, number>();
+      let spillNote = '';
       for (let call = 0; call < MAX_CALLS_PER_ATTEMPT; call++) {
         if (canceled()) return canceledWhileRunning();
         if (deadline !== undefined && now() >= deadline) {
@@ -191,7 +196,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         let candidate: Candidate = notFull[0] ?? ranked[0]!;
         if (notFull.length > 0 && notFull.length < ranked.length) {
           const full = [...laneFull.keys()].join(', ');
-          candidate = { ...candidate, reason: `spill-over to ${FAMILY_LABEL[candidate.family]}: lane ${full} is full; ${candidate.reason}` };
+          candidate = { ...candidate, reason: `spill-over to ${FAMILY_LABEL[candidate.family]}: lane ${full} is full (${spillNote}); ${candidate.reason}` };
         }
 
         // Budgets (VALUE, src/budget/budgets.ts): reserve this call's list price against the batch's
@@ -229,16 +234,32 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         if (gate && gate.kind !== 'go' && probeToken) await deps.health!.releaseProbe(candidate.modelId, probeToken); // HEALTH: nor a probe
         if (gate?.kind === 'no-keys') return fail(new PixelmillError('UPSTREAM_AUTH', gate.reason));
         if (gate?.kind === 'wait') {
-          // Spill-over (standard tier only: draft never pays Pro prices, premium never downgrades for speed).
+          // Spill-over (standard tier only: draft never pays Pro prices, premium never downgrades for speed),
+          // unless the first lane reaches this job sooner than the other model's extra latency (spill.ts).
           laneFull.set(candidate.modelId, gate.untilMs);
-          if (req.tier === 'standard' && ranked.some((c) => !laneFull.has(c.modelId))) continue;
+          let waitReason = gate.reason;
+          const other = req.tier === 'standard' ? ranked.find((c) => !laneFull.has(c.modelId)) : undefined;
+          if (other) {
+            const spill = decideSpill({
+              waitMs: gate.waitMs, firstRpm: gate.rpm, backlog: deps.backlog ? await deps.backlog().catch(() => Infinity) : Infinity,
+              firstP50Ms: health?.[candidate.modelId]?.p50 ?? null, otherP50Ms: health?.[other.modelId]?.p50 ?? null,
+            });
+            if (spill.spill) {
+              spillNote = spill.note;
+              continue;
+            }
+            // Waiting for the first model is quicker: keep its slot time only.
+            laneFull.clear();
+            laneFull.set(candidate.modelId, gate.untilMs);
+            waitReason += `; not spilled: ${spill.note}`;
+          }
           const nextSlot = Math.min(...laneFull.values());
           if (deadline !== undefined && nextSlot >= deadline) {
-            return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} comes before a dispatch slot (${gate.reason})`));
+            return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} comes before a dispatch slot (${waitReason})`));
           }
-          appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'requeued', 0, now(), gate.reason));
+          appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'requeued', 0, now(), waitReason));
           await save();
-          log.debug({ untilMs: nextSlot, full: [...laneFull.keys()], reason: gate.reason }, 'lanes full: back to Redis until a slot');
+          log.debug({ untilMs: nextSlot, full: [...laneFull.keys()], reason: waitReason }, 'lanes full: back to Redis until a slot');
           await job.moveToDelayed(nextSlot, token);
           throw new DelayedError();
         }
