@@ -156,6 +156,8 @@ export const configSchema = z
 
     // Worker
     WORKER_CONCURRENCY: intFromEnv(1, 1000).optional(),
+    /** Generated images one worker holds between the model's answer and its upload (src/worker/answer-gate.ts). */
+    WORKER_MAX_PENDING_UPLOADS: intFromEnv(1, 1000).default(32),
     MAX_ATTEMPTS: intFromEnv(1, 50).default(5),
     BACKOFF_BASE_MS: intFromEnv(1, 3_600_000).default(2_000),
     BACKOFF_CAP_MS: intFromEnv(1, 86_400_000).default(120_000),

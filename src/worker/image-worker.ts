@@ -32,6 +32,7 @@ import { primaryApiKey } from '../lanes/keys.js';
 import { createLaneLimiter } from '../lanes/limiter.js';
 import { RedisBudgets } from '../budget/budgets.js';
 import { createBacklogReader } from '../queue/backlog.js';
+import { AnswerGate } from './answer-gate.js';
 
 /** Memory held per in-flight generation while its answer is handled (~5x a 4K image; see the anchors, A4). */
 const BYTES_PER_INFLIGHT_JOB = 32 * 1024 * 1024;
@@ -97,6 +98,8 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
     budgets: new RedisBudgets(stateConnection, config, { now, logger }),
     // Jobs waiting, shared for 250 ms: whether a standard job spills to the other model (src/lanes/spill.ts).
     backlog: createBacklogReader(backlogQueue, { now }),
+    // At most WORKER_MAX_PENDING_UPLOADS answers read and held until stored, whatever the concurrency.
+    answerGate: new AnswerGate(config.WORKER_MAX_PENDING_UPLOADS),
   });
 
   const worker = new Worker<unknown, JobResult>(IMAGE_QUEUE, processor, {

@@ -33,6 +33,7 @@ import { withLane, type LaneLease, type LaneLimiter } from '../lanes/limiter.js'
 import { decideSpill } from '../lanes/spill.js';
 import type { HealthStore } from '../health/health-store.js';
 import type { BacklogReader } from '../queue/backlog.js';
+import type { AnswerGate } from './answer-gate.js';
 
 /** Upper bound on upstream calls within one attempt (fallbacks, retired ids, the NO_IMAGE retry). */
 const MAX_CALLS_PER_ATTEMPT = 6;
@@ -62,6 +63,8 @@ export interface ImageJobDeps {
   health?: HealthStore;
   /** Jobs waiting in the queue (src/queue/backlog.ts), for the spill-over decision; absent = always spill. */
   backlog?: BacklogReader;
+  /** Bounds the images held between a 200 and their upload (answer-gate.ts); absent = no bound. */
+  answerGate?: AnswerGate;
 }
 
 /** Thrown inside the processor to end the job for good; the code is already on the job's progress. */
@@ -126,6 +129,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
     // One signal for the upstream call: the job's cancellation or the worker's shutdown, whichever comes first.
     const link = linkSignals([signal, deps.shutdownSignal]);
     const combined = link.signal;
+    // Taken before a 200 body is read, given back once the image is stored (answer-gate.ts).
+    const answerSlot = deps.answerGate?.slot();
     /** The job's own signal aborted (DELETE /v1/jobs/:id reached this worker), not a shutdown. */
     const canceled = () => signal?.aborted === true && deps.shutdownSignal?.aborted !== true;
     const canceledWhileRunning = () => fail(new PixelmillError('CANCELED', 'the job was cancelled while it ran'));
@@ -135,6 +140,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
     try {
       return await run();
     } finally {
+      answerSlot?.release();
       link.dispose();
     }
 
@@ -276,8 +282,10 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           image = await admission.reservation.around(() => withLane(deps.lanes, lease, () => generator.generate({
             modelId: call.modelId, prompt: req.prompt, size: req.size, aspectRatio: req.aspectRatio,
             inputImages: inputs, timeoutMs: budget, signal: combined, ...(lease ? { apiKey: lease.apiKey } : {}),
+            ...(answerSlot ? { beforeBody: (s: AbortSignal) => answerSlot.acquire(s) } : {}),
           })));
         } catch (err) {
+          answerSlot?.release();
           if (combined.aborted && probeToken) await deps.health!.releaseProbe(candidate.modelId, probeToken).catch(() => false); // HEALTH
           if (combined.aborted) return stopped();
           const e = toPixelmillError(err);
@@ -325,7 +333,10 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           if (verdict.kind !== 'accept') {
             const e = new PixelmillError('DEGRADED', `${degraded} (${verdict.note})`);
             progress.error = e.toJSON();
-            if (verdict.kind === 'other-model') continue;
+            if (verdict.kind === 'other-model') {
+              answerSlot?.release();
+              continue;
+            }
             await save();
             throw e; // BullMQ retries after the backoff (an attempt is consumed)
           }
@@ -343,7 +354,9 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
             progress.error = e.toJSON();
             await save();
             throw e;
-          });
+          })
+          // Stored or not, this image no longer counts against the worker's answer gate.
+          .finally(() => answerSlot?.release());
         // A degraded image that is kept already has its DEGRADED entry (one entry per call).
         if (!degraded) appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'succeeded', latencyMs, now(), candidate.reason, cost));
         delete progress.error;

@@ -74,6 +74,9 @@ function errorMessageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+/** Bytes of an unread answer undici buffers before it stops reading the socket (its default is 64 KiB). */
+const BODY_HIGH_WATER_MARK = 16 * 1024;
+
 /** Where the call was when it failed: before the status line, reading a 2xx body, or reading an error body. */
 type Stage = { kind: 'connect' } | { kind: 'body' } | { kind: 'error-body'; status: number };
 
@@ -131,6 +134,8 @@ export class GeminiClient implements ImageGenerator {
         signal: abort.signal,
         headersTimeout: socketTimeoutMs,
         bodyTimeout: socketTimeoutMs,
+        // An answer waiting at the worker's answer gate buffers this much before its socket is paused.
+        highWaterMark: BODY_HIGH_WATER_MARK,
       });
       const status = response.statusCode;
       if (status < 200 || status > 299) {
@@ -140,6 +145,7 @@ export class GeminiClient implements ImageGenerator {
         throw classifyErrorResponse(status, text, modelId);
       }
       stage = { kind: 'body' };
+      if (req.beforeBody) await req.beforeBody(abort.signal);
       const json = await readJson(response.body, modelId);
       bodyDone = true;
       const latencyMs = this.now() - started;

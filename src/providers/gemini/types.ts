@@ -19,6 +19,11 @@ export interface GenerateImageRequest {
   signal?: AbortSignal;
   /** The API key for this call (the lane's key, see src/lanes); overrides the client's own. */
   apiKey?: string;
+  /**
+   * Awaited once the answer is a 2xx, before its body is read (the worker's answer gate,
+   * src/worker/answer-gate.ts). The signal is the call's own: its deadline and the caller's abort.
+   */
+  beforeBody?: (signal: AbortSignal) => Promise<void>;
 }
 
 export type OutputMimeType = 'image/jpeg' | 'image/png' | 'image/webp';
