@@ -72,6 +72,7 @@ export function spawnTsx(
   proc.stderr?.on('data', (d: Buffer) => {
     // Keep the tail only: enough to explain a crash.
     stderr = (stderr + d.toString()).slice(-8_000);
+    if (process.env['BENCH_STALL_LOG']) process.stderr.write(d);
   });
   let stopping = false;
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
@@ -102,7 +103,8 @@ export function spawnTsx(
 /** Node args for BENCH_CPU_PROF=DIR: a .cpuprofile of the child (what blocks its event loop), written when it exits. */
 export function cpuProfNodeArgs(): string[] {
   const dir = process.env['BENCH_CPU_PROF'];
-  return dir ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : [];
+  const extra = (process.env['BENCH_NODE_ARGS'] ?? '').split(' ').filter(Boolean);
+  return [...(dir ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : []), ...extra];
 }
 
 /** Start bench/service.ts in its own process and wait for the line with its URL. */

@@ -13,7 +13,7 @@
  *   {"cmd": "stop"}                     close the worker, print the last report, exit
  * Exits when stdin closes, so it never outlives a dead bench driver.
  */
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { writeHeapSnapshot } from 'node:v8';
 import { loadConfig } from '../src/config/env.js';
@@ -23,6 +23,8 @@ import { startImageWorker } from '../src/worker/image-worker.js';
 export interface PhaseReport {
   phase: string;
   eventLoopMs: { p50: number; p99: number; max: number };
+  /** Garbage collection pauses over the phase: the longest, and all of them together (ms). */
+  gcMs: { max: number; total: number };
   peakMb: { rss: number; heapUsed: number; external: number; arrayBuffers: number };
   concurrency: number;
 }
@@ -43,6 +45,32 @@ const sampleMemory = (): void => {
 };
 const sampler = setInterval(sampleMemory, 25);
 
+// BENCH_STALL_LOG: print on stderr when (hrtime µs) the loop stalled more than 60 ms, to find the
+// stall in a BENCH_CPU_PROF profile (same monotonic clock).
+if (process.env['BENCH_STALL_LOG']) {
+  let last = process.hrtime.bigint();
+  let lastCpu = process.cpuUsage();
+  setInterval(() => {
+    const t = process.hrtime.bigint();
+    const cpu = process.cpuUsage(lastCpu);
+    const lateMs = Number(t - last) / 1e6 - 5;
+    // cpu: what this process ran meanwhile (user + system); far below the stall = it was not running.
+    if (lateMs > 60) process.stderr.write(`stall ${Math.round(lateMs)} ms ending at ${t / 1000n} cpu ${Math.round((cpu.user + cpu.system) / 1000)} ms\n`);
+    last = t;
+    lastCpu = process.cpuUsage();
+  }, 5).unref();
+}
+
+// GC pauses: whether a stall of the loop was the collector or our own code.
+const gc = { max: 0, total: 0 };
+const gcObserver = new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) {
+    gc.max = Math.max(gc.max, e.duration);
+    gc.total += e.duration;
+  }
+});
+gcObserver.observe({ entryTypes: ['gc'] });
+
 const mb = (bytes: number): number => Math.round((bytes / 2 ** 20) * 10) / 10;
 const ms = (ns: number): number => Math.round(ns / 1e4) / 100;
 
@@ -51,6 +79,7 @@ function report(): PhaseReport {
   return {
     phase,
     eventLoopMs: { p50: ms(delay.percentile(50)), p99: ms(delay.percentile(99)), max: ms(delay.max) },
+    gcMs: { max: Math.round(gc.max * 10) / 10, total: Math.round(gc.total) },
     peakMb: { rss: mb(peak.rss), heapUsed: mb(peak.heapUsed), external: mb(peak.external), arrayBuffers: mb(peak.arrayBuffers) },
     concurrency: running.concurrency,
   };
@@ -64,6 +93,7 @@ async function stop(): Promise<void> {
   stopping = true;
   const last = report();
   clearInterval(sampler);
+  gcObserver.disconnect();
   delay.disable();
   await running.close(2_000);
   say({ stopped: last });
@@ -77,6 +107,7 @@ lines.on('line', (line) => {
     phase = cmd.name ?? 'unnamed';
     delay.reset();
     Object.assign(peak, { rss: 0, heapUsed: 0, external: 0, arrayBuffers: 0 });
+    Object.assign(gc, { max: 0, total: 0 });
     say({ phase });
   } else if (cmd.cmd === 'report') {
     say({ report: report() });

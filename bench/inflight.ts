@@ -198,11 +198,12 @@ function report(opts: Options, phases: PhaseResult[]): string {
     p.name, String(p.jobs), String(p.maxInFlight), fmt(p.seconds, 1),
     fmt(p.peakRssMb, 0), fmt(p.hwmMb, 0), fmt(p.worker.peakMb.heapUsed, 0), fmt(p.worker.peakMb.external, 0), fmt(p.worker.peakMb.arrayBuffers, 0),
     fmt(p.worker.eventLoopMs.p50, 1), fmt(p.worker.eventLoopMs.p99, 1), fmt(p.worker.eventLoopMs.max, 1),
+    fmt(p.worker.gcMs.max, 1), fmt(p.worker.gcMs.total, 0),
   ]);
   const table = markdownTable(
-    ['phase', 'jobs', 'max in flight', 'seconds', 'peak RSS MB', 'VmHWM MB', 'heap used MB', 'external MB', 'ArrayBuffers MB', 'loop p50 ms', 'loop p99 ms', 'loop max ms'],
+    ['phase', 'jobs', 'max in flight', 'seconds', 'peak RSS MB', 'VmHWM MB', 'heap used MB', 'external MB', 'ArrayBuffers MB', 'loop p50 ms', 'loop p99 ms', 'loop max ms', 'GC max ms', 'GC total ms'],
     rows,
-    [false, true, true, true, true, true, true, true, true, true, true, true],
+    [false, true, true, true, true, true, true, true, true, true, true, true, true, true],
   );
   const pass = (ok: boolean) => (ok ? 'PASS' : 'FAIL');
   const targets: string[][] = [];
@@ -219,7 +220,7 @@ function report(opts: Options, phases: PhaseResult[]): string {
     `workload: one worker process (startImageWorker, WORKER_CONCURRENCY ${phases[0]?.worker.concurrency ?? 'n/a'}), draft tier, jobs added at once; `
       + `simulator timeScale ${opts.timeScale} (1K call ${fmt(5 * opts.timeScale, 1)}-${fmt(10 * opts.timeScale, 1)} s, 4K ${fmt(20 * opts.timeScale, 0)}-${fmt(60 * opts.timeScale, 0)} s), no quotas; s3rver in its own process`,
     'peak RSS: VmRSS of the worker sampled every 25 ms; VmHWM: the process high-water mark at the end of the phase (includes earlier phases); '
-      + 'heap/external/ArrayBuffers: peaks of process.memoryUsage() inside the worker; loop: monitorEventLoopDelay (10 ms resolution) over the phase',
+      + 'heap/external/ArrayBuffers: peaks of process.memoryUsage() inside the worker; loop: monitorEventLoopDelay (10 ms resolution) over the phase; GC: garbage-collection pauses (perf_hooks gc entries) over the phase',
     '',
     table,
     '',
@@ -259,6 +260,7 @@ async function main(): Promise<void> {
   const config = configFrom(vars);
   const child = spawnTsx('bench/inflight-worker.ts', [], {
     PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/root', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...vars,
+    ...(process.env['BENCH_STALL_LOG'] ? { BENCH_STALL_LOG: '1' } : {}),
   }, cpuProfNodeArgs());
   const probe = new WorkerProbe(child);
   await probe.ask(undefined, 'ready');

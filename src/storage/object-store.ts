@@ -84,12 +84,21 @@ export function createS3Store(config: Config, opts: S3StoreOptions = {}): Object
     async put(key, body, contentType, metadata) {
       const sha256 = sha256Hex(body);
       try {
-        await client.send(
-          new PutObjectCommand({
-            Bucket: bucket, Key: key, Body: body, ContentLength: body.length, ContentType: contentType,
-            Metadata: { ...metadata, sha256 },
-          }),
+        const command = new PutObjectCommand({
+          Bucket: bucket, Key: key, Body: body, ContentLength: body.length, ContentType: contentType,
+          Metadata: { ...metadata, sha256 },
+        });
+        // SigV4 signs the payload's sha256; it is the one just computed, so the signer need not hash
+        // the image a second time (it takes a payload hash already in x-amz-content-sha256).
+        command.middlewareStack.add(
+          (next) => async (args) => {
+            const request = args.request as { headers?: Record<string, string> };
+            if (request.headers) request.headers['x-amz-content-sha256'] = sha256;
+            return next(args);
+          },
+          { step: 'build', name: 'pixelmillPayloadHash' },
         );
+        await client.send(command);
       } catch (err) {
         throw storageError('PutObject', key, err);
       }

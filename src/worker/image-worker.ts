@@ -33,6 +33,7 @@ import { createLaneLimiter } from '../lanes/limiter.js';
 import { RedisBudgets } from '../budget/budgets.js';
 import { createBacklogReader } from '../queue/backlog.js';
 import { AnswerGate } from './answer-gate.js';
+import { TurnPacer } from './turn-pacer.js';
 
 /** Memory held per in-flight generation while its answer is handled (~5x a 4K image; see the anchors, A4). */
 const BYTES_PER_INFLIGHT_JOB = 32 * 1024 * 1024;
@@ -100,6 +101,8 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
     backlog: createBacklogReader(backlogQueue, { now }),
     // At most WORKER_MAX_PENDING_UPLOADS answers read and held until stored, whatever the concurrency.
     answerGate: new AnswerGate(config.WORKER_MAX_PENDING_UPLOADS),
+    // A burst of job starts (hundreds fetched at once) runs 16 per event-loop turn, not all in one.
+    pacer: new TurnPacer(2),
   });
 
   const worker = new Worker<unknown, JobResult>(IMAGE_QUEUE, processor, {

@@ -34,9 +34,12 @@ import { decideSpill } from '../lanes/spill.js';
 import type { HealthStore } from '../health/health-store.js';
 import type { BacklogReader } from '../queue/backlog.js';
 import type { AnswerGate } from './answer-gate.js';
+import type { TurnPacer } from './turn-pacer.js';
 
 /** Upper bound on upstream calls within one attempt (fallbacks, retired ids, the NO_IMAGE retry). */
 const MAX_CALLS_PER_ATTEMPT = 6;
+/** One unit of the TurnPacer for parsing or storing an answer: about a 1K image's JSON (~250,000 characters). */
+const PARSE_UNIT_CHARS = 256 * 1024;
 
 export interface ImageJobDeps {
   config: Config;
@@ -65,6 +68,8 @@ export interface ImageJobDeps {
   backlog?: BacklogReader;
   /** Bounds the images held between a 200 and their upload (answer-gate.ts); absent = no bound. */
   answerGate?: AnswerGate;
+  /** Spreads job starts and upstream requests over event-loop turns (turn-pacer.ts); absent = no pacing. */
+  pacer?: TurnPacer;
 }
 
 /** Thrown inside the processor to end the job for good; the code is already on the job's progress. */
@@ -80,6 +85,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
   const familyOf = (id: string): ModelFamily => (config.MODEL_PRO.includes(id) ? 'pro' : 'fast');
 
   return async function processImageJob(job: Job, token?: string, signal?: AbortSignal): Promise<JobResult> {
+    await deps.pacer?.turn();
     const attempt = job.attemptsMade + 1;
     let log = deps.logger.child({ jobId: job.id, attempt });
     const progress = readProgress(job.progress);
@@ -273,6 +279,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
 
         // 3. Generate. The call's budget is the upstream timeout, or less when the deadline is nearer.
         const budget = Math.max(1, Math.min(config.UPSTREAM_TIMEOUT_MS, deadline !== undefined ? deadline - now() : Infinity));
+        await deps.pacer?.turn(); // opening a socket and writing the request: one of perTurn this turn
         const started = now();
         let image: GeneratedImage;
         try {
@@ -283,6 +290,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
             modelId: call.modelId, prompt: req.prompt, size: req.size, aspectRatio: req.aspectRatio,
             inputImages: inputs, timeoutMs: budget, signal: combined, ...(lease ? { apiKey: lease.apiKey } : {}),
             ...(answerSlot ? { beforeBody: (s: AbortSignal) => answerSlot.acquire(s) } : {}),
+            ...(deps.pacer ? { beforeParse: (chars: number) => deps.pacer!.turn(Math.max(1, Math.ceil(chars / PARSE_UNIT_CHARS))) } : {}),
           })));
         } catch (err) {
           answerSlot?.release();
@@ -343,6 +351,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         }
         // Cancelled while the answer came in: the call is paid for, but nothing is stored.
         if (canceled()) return canceledWhileRunning();
+        // Hashing and signing the upload: paced like the parse (a few answers per event-loop turn).
+        await deps.pacer?.turn(Math.max(1, Math.ceil(image.bytes.length / PARSE_UNIT_CHARS)));
         const put = await store
           .put(key, image.bytes, image.mimeType, {
             'job-id': String(job.id), model: candidate.modelId, 'model-version': image.modelVersion ?? '', 'prompt-sha256': jobData.promptSha256,

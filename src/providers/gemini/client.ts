@@ -21,6 +21,7 @@ import { pixelSize } from '../../models/catalogue.js';
 import { classifyErrorResponse } from './classify-error.js';
 import { parseGenerateContentResponse } from './parse-response.js';
 import { buildGenerateContentBody } from './request-body.js';
+import { parseJsonKeepingLargeData } from './large-strings.js';
 import { primaryApiKey } from '../../lanes/keys.js';
 import type { GeneratedImage, GenerateImageRequest, ImageGenerator } from './types.js';
 
@@ -146,7 +147,7 @@ export class GeminiClient implements ImageGenerator {
       }
       stage = { kind: 'body' };
       if (req.beforeBody) await req.beforeBody(abort.signal);
-      const json = await readJson(response.body, modelId);
+      const json = await readJson(response.body, modelId, req.beforeParse);
       bodyDone = true;
       const latencyMs = this.now() - started;
       const { width, height } = pixelSize(req.size, req.aspectRatio);
@@ -226,10 +227,11 @@ export class GeminiClient implements ImageGenerator {
 }
 
 /** Read a 2xx body and parse it; the text is dropped as soon as this returns. */
-async function readJson(body: Dispatcher.ResponseData['body'], modelId: string): Promise<unknown> {
+async function readJson(body: Dispatcher.ResponseData['body'], modelId: string, beforeParse?: (chars: number) => Promise<void>): Promise<unknown> {
   const text = await body.text();
+  if (beforeParse) await beforeParse(text.length);
   try {
-    return JSON.parse(text);
+    return parseJsonKeepingLargeData(text);
   } catch (err) {
     throw new PixelmillError('BAD_RESPONSE', `${modelId} answered 200 with a body that is not JSON (${text.length} characters: ${errorMessageOf(err)})`, { cause: err });
   }

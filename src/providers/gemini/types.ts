@@ -24,6 +24,12 @@ export interface GenerateImageRequest {
    * src/worker/answer-gate.ts). The signal is the call's own: its deadline and the caller's abort.
    */
   beforeBody?: (signal: AbortSignal) => Promise<void>;
+  /**
+   * Awaited between reading a 2xx body and parsing it (JSON and the base64 image: milliseconds of
+   * CPU per answer, in proportion to its length in characters): the worker's TurnPacer, so answers
+   * landing together are parsed a few per turn.
+   */
+  beforeParse?: (chars: number) => Promise<void>;
 }
 
 export type OutputMimeType = 'image/jpeg' | 'image/png' | 'image/webp';
