@@ -400,18 +400,20 @@ async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
  * last line (200s, 429s, in flight) and what pixelmill's lane believes (learned rpm per simulated
  * minute, leases in flight, closure). For tuning the lanes; the figures are not part of the report.
  */
-function traceLanes(env: Env, pool: Pool, t0: number): () => void {
+function traceLanes(env: Env, pool: Pool | undefined, t0: number): () => void {
   let last: SimulatorStats = {};
   const tick = async (): Promise<void> => {
     const stats = await simStats(env);
-    const res = await pool.request({ path: '/v1/lanes', method: 'GET' });
-    const { lanes } = (await res.body.json()) as { lanes: { model: string; rpm: number | null; inFlight: number; closedUntil?: string }[] };
+    type Lane = { model: string; rpm: number | null; inFlight: number; closedUntil?: string };
+    // A baseline has no lanes: only the simulator's side is shown.
+    const lanes = pool ? ((await (await pool.request({ path: '/v1/lanes', method: 'GET' })).body.json()) as { lanes: Lane[] }).lanes : [];
     const at = (Date.now() - t0) / env.opts.minuteMs;
     const parts = Object.entries(stats).map(([model, st]) => {
       const before = last[model];
       const lane = lanes.find((l) => l.model === model);
       const rpm = lane?.rpm == null ? 'unpaced' : `${fmt(lane.rpm * env.timeScale, 0)}/min`;
-      return `${model}: +${st.ok - (before?.ok ?? 0)} ok +${st.rateLimited - (before?.rateLimited ?? 0)} 429 sim-inflight ${st.inFlight} lane ${rpm} leases ${lane?.inFlight ?? 0}${lane?.closedUntil ? ' closed' : ''}`;
+      const laneText = lane ? ` lane ${rpm} leases ${lane.inFlight}${lane.closedUntil ? ' closed' : ''}` : '';
+      return `${model}: +${st.ok - (before?.ok ?? 0)} ok +${st.rateLimited - (before?.rateLimited ?? 0)} 429 sim-inflight ${st.inFlight}${laneText}`;
     });
     last = stats;
     console.log(`  t=${fmt(at, 1)} ${parts.join(' | ')}`);
@@ -511,6 +513,7 @@ async function runSeed(env: Env, scenario: Scenario, untilSuccess: boolean): Pro
     let lost = 0;
     const t0 = Date.now();
     const stopStorm = scheduleStorm(env, scenario);
+    const stopTrace = env.opts.trace ? traceLanes(env, undefined, t0) : () => {};
     const limitTimer = setTimeout(() => b.stop.abort(), runLimitMs(env, scenario));
     let lastFinish = t0;
     try {
@@ -534,6 +537,7 @@ async function runSeed(env: Env, scenario: Scenario, untilSuccess: boolean): Pro
       await Promise.all(Array.from({ length: Math.min(concurrency, jobs) }, lane));
     } finally {
       stopStorm();
+      stopTrace();
       clearTimeout(limitTimer);
     }
     const unfinished = jobs - succeeded - lost;
