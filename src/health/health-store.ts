@@ -13,7 +13,8 @@
  *   Latency is recorded for calls that returned an image (the generation time that matters for
  *   routing); a 429 or an early 503 would otherwise make a saturated model look fast.
  *
- * Circuit breaker (per lane id; today a lane is a model id, see recordOutcome):
+ * Circuit breaker (per lane: a (model id, API key) pair of src/lanes, or the model id itself when lanes
+ * are off; `lanesOf` tells the store which lanes a model has):
  *   {QUEUE_PREFIX}:pm:breaker:{laneId}   hash: failures (consecutive), openUntil (epoch ms; absent =
  *                                        closed), probe + probeUntil (the one probe call in flight),
  *                                        lastFailure (code). Expires after a day without calls.
@@ -24,6 +25,9 @@
  *   While open, other calls' outcomes (calls started before it opened) change nothing.
  * The probe is claimed in Lua like SET NX, with its expiry kept as a value compared with the caller's
  * clock (so an injected clock works); a probe whose worker died frees itself after the upstream timeout.
+ * With lanes, the lane gate claims the probe in the same script that admits the call (limiter.ts).
+ * A model's breaker, as the router sees it, is its best lane's: closed while any lane is closed,
+ * half-open while one may probe, open (until its earliest lane may probe) when every lane is open.
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
@@ -63,6 +67,21 @@ export interface ModelHealthSnapshot extends ModelHealth {
   /** When open: the epoch ms at which it admits a probe (or the probe in flight times out). */
   breakerRetryAt: number | null;
   lastFailure: string | null;
+  /** Each lane's own breaker (the fields above combine them). */
+  lanes: LaneBreakerSnapshot[];
+}
+
+export interface LaneBreakerSnapshot {
+  lane: string;
+  breaker: BreakerState;
+  consecutiveFailures: number;
+  breakerRetryAt: number | null;
+  lastFailure: string | null;
+}
+
+/** The breaker's Redis key of a lane; the lane gate (src/lanes/limiter.ts) reads and claims it too. */
+export function breakerKey(queuePrefix: string, laneId: string): string {
+  return `${queuePrefix}:pm:breaker:${laneId}`;
 }
 
 export type ClaimResult =
@@ -176,17 +195,26 @@ return 0
 `;
 
 /**
- * KEYS: for each model in turn, its breaker hash then its ARGV[1] window bucket hashes (oldest first).
- * ARGV[1] buckets per model. Sums the window inside Redis so a routing decision costs one small reply.
- * Returns per model {calls, 429s, failures, degraded, breaker failures, openUntil, probeUntil,
- * lastFailure, {h<i>, count, ...}} ('' for an absent breaker field).
+ * KEYS: for each model in turn, the breaker hashes of its lanes then its ARGV[1] window bucket hashes
+ * (oldest first). ARGV[1] buckets per model; ARGV[1 + m] lanes of model m. Sums the window inside
+ * Redis so a routing decision costs one small reply.
+ * Returns per model {calls, 429s, failures, degraded, {per lane: failures, openUntil, probeUntil,
+ * lastFailure}, {h<i>, count, ...}} ('' for an absent breaker field).
  */
 const SNAPSHOT_LUA = `
 local n = tonumber(ARGV[1])
 local out = {}
 local k = 1
+local m = 1
 while k <= #KEYS do
-  local b = redis.call('HMGET', KEYS[k], 'failures', 'openUntil', 'probeUntil', 'lastFailure')
+  local lanes = tonumber(ARGV[1 + m])
+  local b = {}
+  for i = 1, lanes do
+    local f = redis.call('HMGET', KEYS[k], 'failures', 'openUntil', 'probeUntil', 'lastFailure')
+    b[#b + 1] = {f[1] or '', f[2] or '', f[3] or '', f[4] or ''}
+    k = k + 1
+  end
+  k = k - 1
   local c, r, f, d = 0, 0, 0, 0
   local hist = {}
   for i = 1, n do
@@ -205,8 +233,9 @@ while k <= #KEYS do
     h[#h + 1] = field
     h[#h + 1] = v
   end
-  out[#out + 1] = {c, r, f, d, b[1] or '', b[2] or '', b[3] or '', b[4] or '', h}
+  out[#out + 1] = {c, r, f, d, b, h}
   k = k + n + 1
+  m = m + 1
 end
 return out
 `;
@@ -219,7 +248,7 @@ type ScriptedRedis = Redis & {
   pmHealthReleaseProbe(key: string, token: string): Promise<number>;
   pmHealthSnapshot(numberOfKeys: number, ...args: (string | number)[]): Promise<SnapshotRow[]>;
 };
-type SnapshotRow = [number, number, number, number, string, string, string, string, (string | number)[]];
+type SnapshotRow = [number, number, number, number, [string, string, string, string][], (string | number)[]];
 
 export class HealthStore {
   private readonly prefix: string;
@@ -228,6 +257,9 @@ export class HealthStore {
   /** The last snapshot (or the one being read), shared by callers within `snapshotCacheMs`. */
   private cached: { ids: string; at: number; value: Promise<Record<string, ModelHealthSnapshot>> } | undefined;
   private readonly snapshotCacheMs: number;
+  /** The lane ids of a model (src/lanes: one per API key); without lanes, the model id alone. */
+  private readonly lanesOf: (modelId: string) => readonly string[];
+  private readonly queuePrefix: string;
 
   constructor(
     private readonly redis: Redis,
@@ -238,9 +270,11 @@ export class HealthStore {
      * start together they share one read instead of one Redis script each (bench:inflight saw a 1.3 s
      * event-loop stall from that). 0 (the default) reads every time.
      */
-    opts: { snapshotCacheMs?: number } = {},
+    opts: { snapshotCacheMs?: number; lanesOf?: (modelId: string) => readonly string[] } = {},
   ) {
     this.snapshotCacheMs = opts.snapshotCacheMs ?? 0;
+    this.lanesOf = opts.lanesOf ?? ((modelId) => [modelId]);
+    this.queuePrefix = config.QUEUE_PREFIX;
     this.prefix = `${config.QUEUE_PREFIX}:pm`;
     this.settings = { ...healthSettings(config), ...overrides };
     this.redis.defineCommand('pmHealthRecord', { numberOfKeys: 2, lua: RECORD_LUA });
@@ -255,12 +289,12 @@ export class HealthStore {
   }
 
   private breakerKey(laneId: string): string {
-    return `${this.prefix}:breaker:${laneId}`;
+    return breakerKey(this.queuePrefix, laneId);
   }
 
   /**
-   * Record one upstream call: into the model's window and into the breaker of `laneId` (the model id
-   * until lanes per (model, key) exist). One atomic script, one round trip.
+   * Record one upstream call: into the model's window and into the breaker of `laneId` (the call's
+   * lane; the model id when lanes are off). One atomic script, one round trip.
    * Returns the breaker's state after the call.
    */
   async recordOutcome(modelId: string, call: CallOutcome, now: number, laneId: string = modelId): Promise<{ breaker: 'closed' | 'open'; consecutiveFailures: number }> {
@@ -296,7 +330,7 @@ export class HealthStore {
     return Number(await (this.redis as ScriptedRedis).pmHealthReleaseProbe(this.breakerKey(laneId), token)) === 1;
   }
 
-  /** The health of each model id (and of its breaker, lane = model id) at `now`. One round trip (or none, cached). */
+  /** The health of each model id (and of its lanes' breakers) at `now`. One round trip (or none, cached). */
   snapshot(modelIds: readonly string[], now: number): Promise<Record<string, ModelHealthSnapshot>> {
     if (this.snapshotCacheMs <= 0) return this.readSnapshot(modelIds, now);
     const ids = modelIds.join(',');
@@ -315,29 +349,31 @@ export class HealthStore {
     const current = Math.floor(now / bucketMs);
     const count = Math.max(1, Math.ceil(windowMs / bucketMs));
     const keys: string[] = [];
-    for (const id of modelIds) {
-      keys.push(this.breakerKey(id));
+    const laneIds = modelIds.map((id) => this.lanesOf(id));
+    modelIds.forEach((id, m) => {
+      for (const lane of laneIds[m]!) keys.push(this.breakerKey(lane));
       for (let b = current - count + 1; b <= current; b++) keys.push(this.bucketKey(id, b));
-    }
-    const rows = modelIds.length === 0 ? [] : await (this.redis as ScriptedRedis).pmHealthSnapshot(keys.length, ...keys, count);
+    });
+    const rows = modelIds.length === 0 ? [] : await (this.redis as ScriptedRedis).pmHealthSnapshot(keys.length, ...keys, count, ...laneIds.map((l) => l.length));
     const out: Record<string, ModelHealthSnapshot> = {};
     modelIds.forEach((id, m) => {
-      const [c, r, f, d, failures, openUntil, probeUntil, lastFailure, flat] = rows[m]!;
+      const [c, r, f, d, breakers, flat] = rows[m]!;
       const histogram = new Map<number, number>();
       for (let j = 0; j + 1 < flat.length; j += 2) histogram.set(Number(String(flat[j]).slice(1)), Number(flat[j + 1]));
-      out[id] = this.summarize({ c: Number(c), r: Number(r), f: Number(f), d: Number(d) }, histogram, now, {
-        failures: Number(failures || 0), openUntil: Number(openUntil || 0), probeUntil: Number(probeUntil || 0), lastFailure: lastFailure || null,
+      const lanes = laneIds[m]!.map((lane, i) => {
+        const [failures, openUntil, probeUntil, lastFailure] = breakers[i]!;
+        return this.laneBreaker(lane, now, {
+          failures: Number(failures || 0), openUntil: Number(openUntil || 0), probeUntil: Number(probeUntil || 0), lastFailure: lastFailure || null,
+        });
       });
+      out[id] = this.summarize({ c: Number(c), r: Number(r), f: Number(f), d: Number(d) }, histogram, lanes);
     });
     return out;
   }
 
-  private summarize(
-    t: { c: number; r: number; f: number; d: number }, histogram: Map<number, number>, now: number,
-    b: { failures: number; openUntil: number; probeUntil: number; lastFailure: string | null },
-  ): ModelHealthSnapshot {
-    const rate = (n: number) => (t.c > 0 ? n / t.c : 0);
-    const rate429 = rate(t.r);
+  private laneBreaker(
+    lane: string, now: number, b: { failures: number; openUntil: number; probeUntil: number; lastFailure: string | null },
+  ): LaneBreakerSnapshot {
     let breaker: BreakerState = 'closed';
     let breakerRetryAt: number | null = null;
     if (b.openUntil > 0) {
@@ -353,6 +389,15 @@ export class HealthStore {
         breaker = 'half-open';
       }
     }
+    return { lane, breaker, consecutiveFailures: b.failures, breakerRetryAt, lastFailure: b.lastFailure };
+  }
+
+  /** The model's figures; its breaker is its best lane's (closed > half-open > open, earliest retry). */
+  private summarize(t: { c: number; r: number; f: number; d: number }, histogram: Map<number, number>, lanes: LaneBreakerSnapshot[]): ModelHealthSnapshot {
+    const rate = (n: number) => (t.c > 0 ? n / t.c : 0);
+    const rate429 = rate(t.r);
+    const rank: Record<BreakerState, number> = { closed: 0, 'half-open': 1, open: 2 };
+    const best = [...lanes].sort((a, b) => rank[a.breaker] - rank[b.breaker] || (a.breakerRetryAt ?? 0) - (b.breakerRetryAt ?? 0))[0]!;
     return {
       calls: t.c,
       p50: quantile(histogram, 0.5),
@@ -362,10 +407,11 @@ export class HealthStore {
       rateDegraded: rate(t.d),
       throttled: t.c >= this.settings.minCalls && rate429 >= this.settings.throttle429Rate,
       windowMs: this.settings.windowMs,
-      breaker,
-      consecutiveFailures: b.failures,
-      breakerRetryAt,
-      lastFailure: b.lastFailure,
+      breaker: best.breaker,
+      consecutiveFailures: best.consecutiveFailures,
+      breakerRetryAt: best.breakerRetryAt,
+      lastFailure: best.lastFailure ?? lanes.find((l) => l.lastFailure)?.lastFailure ?? null,
+      lanes,
     };
   }
 }

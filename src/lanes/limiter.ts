@@ -30,14 +30,16 @@ import type { Redis } from 'ioredis';
 import type { Config } from '../config/env.js';
 import { silentLogger, type Logger } from '../logging/logger.js';
 import type { ModelFamily } from '../models/catalogue.js';
+import { breakerKey } from '../health/health-store.js';
 import { geminiApiKeys, keyId, laneId } from './keys.js';
 
 /** GCRA admission over every lane of one model; picks the lane with the earliest free slot. */
 const ACQUIRE_LUA = `
--- KEYS  (3 per lane, lane i = 1..n):
---   KEYS[3i-2]  lane state hash (rpm, tat, closedUntil, refusedAt, cutAt, winId, winCount, prevCount)
---   KEYS[3i-1]  lane in-flight sorted set (lease id scored by lease expiry, epoch ms)
---   KEYS[3i]    key-disabled flag of the lane's API key (exists = out of rotation)
+-- KEYS  (4 per lane, lane i = 1..n):
+--   KEYS[4i-3]  lane state hash (rpm, tat, closedUntil, refusedAt, cutAt, winId, winCount, prevCount)
+--   KEYS[4i-2]  lane in-flight sorted set (lease id scored by lease expiry, epoch ms)
+--   KEYS[4i-1]  key-disabled flag of the lane's API key (exists = out of rotation)
+--   KEYS[4i]    the lane's circuit breaker hash (src/health/health-store.ts: openUntil, probe, probeUntil)
 -- ARGV
 --   ARGV[1]  now, epoch ms
 --   ARGV[2]  lease id to record when admitted
@@ -49,19 +51,23 @@ const ACQUIRE_LUA = `
 --   ARGV[8]  ms to come back when a lane is at its in-flight cap (the end of a call is not predictable)
 --   ARGV[9]  state TTL ms: a lane idle this long forgets its learned rate
 --   ARGV[10] rate window ms (LANE_RATE_WINDOW): admissions are counted per window for the first 429
--- Returns {status, lane index, wait ms, why, rpm, interval ms}
---   status 1: admitted on lane <index> (lease recorded, tat advanced)
---   status 0: refused; lane <index> has the earliest free slot, in <wait ms>; why = rate | inflight | closed
+-- Returns {status, lane index, wait ms, why, rpm, interval ms, probe}
+--   status 1: admitted on lane <index> (lease recorded, tat advanced); probe 1 = the lane's breaker was
+--             half-open and this lease is its one probe (the lease id is the probe token)
+--   status 0: refused; lane <index> has the earliest free slot, in <wait ms>;
+--             why = rate | inflight | closed | breaker
 --   status -1: every lane's key is out of rotation
+-- A lane whose breaker is open is not used until it may probe; a half-open one admits one probe at a
+-- time (claimed here, in the same step as the admission, so two workers never both probe).
 local now = tonumber(ARGV[1])
 local maxInflight = tonumber(ARGV[4])
 local startRpm = tonumber(ARGV[5])
 local ceiling = tonumber(ARGV[6])
 local burst = tonumber(ARGV[7])
 local inflightRetry = tonumber(ARGV[8])
-local best, bestAt, bestTat, bestWhy, bestRpm = nil, 0, 0, '', 0
-for i = 1, #KEYS / 3 do
-  local h, z, d = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+local best, bestAt, bestTat, bestWhy, bestRpm, bestProbe = nil, 0, 0, '', 0, false
+for i = 1, #KEYS / 4 do
+  local h, z, d, b = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
   if redis.call('EXISTS', d) == 0 then
     local f = redis.call('HMGET', h, 'tat', 'rpm', 'closedUntil')
     local rpm = tonumber(f[2]) or startRpm
@@ -77,18 +83,31 @@ for i = 1, #KEYS / 3 do
     if maxInflight > 0 and redis.call('ZCARD', z) >= maxInflight and at < now + inflightRetry then
       at = now + inflightRetry; why = 'inflight'
     end
+    local probe = false
+    local br = redis.call('HMGET', b, 'openUntil', 'probeUntil')
+    local openUntil = tonumber(br[1]) or 0
+    if openUntil > now then
+      if openUntil > at then at = openUntil; why = 'breaker' end
+    elseif openUntil > 0 then
+      if (tonumber(br[2]) or 0) > now then
+        -- Another worker's probe is out: look again soon (it usually answers well before its expiry).
+        if now + inflightRetry > at then at = now + inflightRetry; why = 'breaker' end
+      else
+        probe = true
+      end
+    end
     if best == nil or at < bestAt or (at == bestAt and tat < bestTat) then
-      best, bestAt, bestTat, bestWhy, bestRpm = i, at, tat, why, rpm
+      best, bestAt, bestTat, bestWhy, bestRpm, bestProbe = i, at, tat, why, rpm, probe
     end
   end
 end
-if best == nil then return {-1, 0, 0, '', '', 0} end
-local h, z = KEYS[3 * best - 2], KEYS[3 * best - 1]
+if best == nil then return {-1, 0, 0, '', '', 0, 0} end
+local h, z = KEYS[4 * best - 3], KEYS[4 * best - 2]
 local interval = 0
 if bestRpm > 0 then interval = 60000 / bestRpm end
 if bestAt > now then
   if bestWhy == 'rate' then redis.call('HSET', h, 'refusedAt', now) end
-  return {0, best, math.ceil(bestAt - now), bestWhy, tostring(bestRpm), math.ceil(interval)}
+  return {0, best, math.ceil(bestAt - now), bestWhy, tostring(bestRpm), math.ceil(interval), 0}
 end
 redis.call('HSET', h, 'tat', tostring(bestTat + interval), 'rpm', tostring(bestRpm))
 -- Admissions per rate window (this one and the last): what the first 429 learns the rate from.
@@ -104,7 +123,11 @@ redis.call('HINCRBY', h, 'winCount', 1)
 redis.call('ZADD', z, now + tonumber(ARGV[3]), ARGV[2])
 redis.call('PEXPIRE', h, math.max(tonumber(ARGV[9]), (tonumber(redis.call('HGET', h, 'closedUntil') or '0')) - now + 1000))
 redis.call('PEXPIRE', z, tonumber(ARGV[3]) + 1000)
-return {1, best, 0, '', tostring(bestRpm), math.ceil(interval)}
+if bestProbe then
+  redis.call('HSET', KEYS[4 * best], 'probe', ARGV[2], 'probeUntil', now + tonumber(ARGV[3]))
+  return {1, best, 0, '', tostring(bestRpm), math.ceil(interval), 1}
+end
+return {1, best, 0, '', tostring(bestRpm), math.ceil(interval), 0}
 `;
 
 /** Release a lease and feed the outcome back into the lane's rate (AIMD). */
@@ -226,11 +249,13 @@ export interface LaneLease {
   readonly leaseId: string;
   readonly acquiredAt: number;
   readonly rpm: number;
+  /** Set when this call is the probe of the lane's half-open breaker: pass it to HealthStore.recordOutcome. */
+  readonly probeToken?: string;
 }
 
 export type AcquireAnswer =
   | { kind: 'admitted'; lease: LaneLease }
-  | { kind: 'refused'; lane: string; waitMs: number; why: 'rate' | 'inflight' | 'closed'; rpm: number; intervalMs: number }
+  | { kind: 'refused'; lane: string; waitMs: number; why: 'rate' | 'inflight' | 'closed' | 'breaker'; rpm: number; intervalMs: number }
   | { kind: 'no-keys' };
 
 /** What the processor does next: call now, go back to Redis until `untilMs`, or give up (no usable key). */
@@ -287,7 +312,7 @@ export function laneOptionsFromConfig(config: Config): LaneOptions {
 }
 
 type LaneRedis = Redis & {
-  pmLaneAcquire(...args: (string | number)[]): Promise<[number, number, number, string, string, number]>;
+  pmLaneAcquire(...args: (string | number)[]): Promise<[number, number, number, string, string, number, number]>;
   pmLaneSettle(...args: (string | number)[]): Promise<string>;
   pmLaneClose(...args: (string | number)[]): Promise<number>;
 };
@@ -302,6 +327,7 @@ export interface LaneLimiterDeps {
 export class LaneLimiter {
   private readonly redis: LaneRedis;
   private readonly prefix: string;
+  private readonly queuePrefix: string;
   private readonly keys: readonly { apiKey: string; id: string }[];
   private readonly now: () => number;
   private readonly sleep: (ms: number) => Promise<void>;
@@ -311,6 +337,7 @@ export class LaneLimiter {
   constructor(redis: Redis, queuePrefix: string, readonly options: LaneOptions, deps: LaneLimiterDeps = {}) {
     this.redis = redis as LaneRedis;
     this.prefix = `${queuePrefix}:pm`;
+    this.queuePrefix = queuePrefix;
     this.keys = options.apiKeys.map((apiKey) => ({ apiKey, id: keyId(apiKey) }));
     this.now = deps.now ?? Date.now;
     this.sleep = deps.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
@@ -325,8 +352,10 @@ export class LaneLimiter {
   async tryAcquire(modelId: string, leaseId: string = randomUUID()): Promise<AcquireAnswer> {
     const o = this.options;
     const now = this.now();
-    const laneKeys = this.keys.flatMap((k) => [this.stateKey(modelId, k.id), this.inflightKey(modelId, k.id), this.disabledKey(k.id)]);
-    const [status, index, waitMs, why, rpm, intervalMs] = await this.redis.pmLaneAcquire(
+    const laneKeys = this.keys.flatMap((k) => [
+      this.stateKey(modelId, k.id), this.inflightKey(modelId, k.id), this.disabledKey(k.id), breakerKey(this.queuePrefix, laneId(modelId, k.id)),
+    ]);
+    const [status, index, waitMs, why, rpm, intervalMs, probe] = await this.redis.pmLaneAcquire(
       laneKeys.length, ...laneKeys,
       now, leaseId, o.leaseTtlMs, o.maxInflight, this.startRpm(modelId), this.ceiling(modelId) ?? 0, o.burst, o.inflightRetryMs, o.stateTtlMs,
       o.rateWindowMs,
@@ -334,8 +363,11 @@ export class LaneLimiter {
     if (status === -1) return { kind: 'no-keys' };
     const key = this.keys[index - 1]!;
     const lane = laneId(modelId, key.id);
-    if (status === 0) return { kind: 'refused', lane, waitMs, why: why as 'rate' | 'inflight' | 'closed', rpm: Number(rpm), intervalMs };
-    return { kind: 'admitted', lease: { lane, modelId, keyId: key.id, apiKey: key.apiKey, leaseId, acquiredAt: now, rpm: Number(rpm) } };
+    if (status === 0) return { kind: 'refused', lane, waitMs, why: why as 'rate' | 'inflight' | 'closed' | 'breaker', rpm: Number(rpm), intervalMs };
+    return {
+      kind: 'admitted',
+      lease: { lane, modelId, keyId: key.id, apiKey: key.apiKey, leaseId, acquiredAt: now, rpm: Number(rpm), ...(Number(probe) === 1 ? { probeToken: leaseId } : {}) },
+    };
   }
 
   /**
@@ -401,6 +433,11 @@ export class LaneLimiter {
     return exists < others.length;
   }
 
+  /** The lane ids of a model, one per API key (HealthStore's lanesOf: its breakers are per lane). */
+  laneIdsOf(modelId: string): string[] {
+    return this.keys.map((k) => laneId(modelId, k.id));
+  }
+
   /** Every lane of the given models, for /v1/lanes and /readyz details. */
   async view(modelIds: readonly string[]): Promise<LaneView[]> {
     const now = this.now();
@@ -450,6 +487,16 @@ export class LaneLimiter {
   private disabledKey(apiKeyId: string): string {
     return `${this.prefix}:apikey:${apiKeyId}:disabled`;
   }
+}
+
+/**
+ * The lane ids of a model under this configuration (one per API key), for HealthStore's per-lane
+ * breakers; undefined when LANES_ENABLED=false (a model's breaker is then its own).
+ */
+export function laneIdsFromConfig(config: Config): ((modelId: string) => string[]) | undefined {
+  if (!config.LANES_ENABLED) return undefined;
+  const ids = geminiApiKeys(config.GEMINI_API_KEY).map(keyId);
+  return (modelId) => ids.map((id) => laneId(modelId, id));
 }
 
 /** The fleet's lane limiter from configuration, or undefined when LANES_ENABLED=false. */

@@ -29,7 +29,7 @@ import { clipToDeadline, fullJitterDelay } from './backoff.js';
 import { startCancelWatcher, type CancelWatcher } from './cancel.js';
 import { createImageJobProcessor } from './process-image-job.js';
 import { primaryApiKey } from '../lanes/keys.js';
-import { createLaneLimiter } from '../lanes/limiter.js';
+import { createLaneLimiter, laneIdsFromConfig } from '../lanes/limiter.js';
 import { RedisBudgets } from '../budget/budgets.js';
 import { createBacklogReader } from '../queue/backlog.js';
 import { AnswerGate } from './answer-gate.js';
@@ -88,7 +88,8 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
     config, generator, store, logger, now, random, policy: deps.policy,
     modelState: new ModelStateStore(stateConnection, config, now),
     // Model health and breakers (HEALTH_*, BREAKER_*): recorded per call, read by the router.
-    health: new HealthStore(stateConnection, config, {}, { snapshotCacheMs: 250 }),
+    // Breakers per lane (model, API key) when lanes are on: one key's failures never stop the others.
+    health: new HealthStore(stateConnection, config, {}, { snapshotCacheMs: 250, lanesOf: laneIdsFromConfig(config) }),
     shutdownSignal: shutdown.signal,
     terminalHooks: deps.terminalHooks ?? [createWebhookEventHook(config, stateConnection), createBatchTerminalHook(config, stateConnection)],
     fetchInputImage: createInputImageFetcher(config),

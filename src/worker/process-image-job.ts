@@ -226,8 +226,9 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         }
         candidate = admission.candidate;
         // Health: a half-open breaker admits one probe fleet-wide; losing the race means route again (now open).
+        // With lanes the breakers are per lane and the lane gate claims the probe with the slot (limiter.ts).
         let probeToken: string | undefined;
-        if (health?.[candidate.modelId]?.breaker === 'half-open') {
+        if (!deps.lanes && health?.[candidate.modelId]?.breaker === 'half-open') {
           const claim = await deps.health!.claimProbe(candidate.modelId, now());
           if (claim.kind === 'busy') {
             await admission.reservation.release();
@@ -295,10 +296,11 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         } catch (err) {
           answerSlot?.release();
           if (combined.aborted && probeToken) await deps.health!.releaseProbe(candidate.modelId, probeToken).catch(() => false); // HEALTH
+          if (combined.aborted && lease?.probeToken) await deps.health?.releaseProbe(lease.lane, lease.probeToken).catch(() => false);
           if (combined.aborted) return stopped();
           const e = toPixelmillError(err);
           const latencyMs = now() - started;
-          await recordHealth(candidate, e.code, latencyMs, false, probeToken, log);
+          await recordHealth(candidate, e.code, latencyMs, false, probeToken ?? lease?.probeToken, log, lease?.lane);
           const usage = e.details['usage'] as Usage | undefined;
           const cost = usage ? costFromUsage(candidate.family, usage) : 0;
           progress.costUsd = round6(progress.costUsd + cost);
@@ -318,7 +320,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           return fail(e);
         }
 
-        await recordHealth(candidate, 'succeeded', image.latencyMs, describeDegradation(image, candidate.family, want) !== undefined, probeToken, log);
+        await recordHealth(candidate, 'succeeded', image.latencyMs, describeDegradation(image, candidate.family, want) !== undefined, probeToken ?? lease?.probeToken, log, lease?.lane);
 
         // 4. Store. A deterministic key: a retry overwrites, never duplicates.
         const key = outputKey(config, String(job.id), image.mimeType);
@@ -431,11 +433,13 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
    * Health: one call's outcome into the model's window and its breaker (lane id = model id until the
    * breaker is keyed by lane). Health is advisory: a Redis hiccup here must not fail the job.
    */
-  async function recordHealth(candidate: Candidate, outcome: string, latencyMs: number, degraded: boolean, probeToken: string | undefined, log: Logger): Promise<void> {
+  async function recordHealth(
+    candidate: Candidate, outcome: string, latencyMs: number, degraded: boolean, probeToken: string | undefined, log: Logger, lane?: string,
+  ): Promise<void> {
     if (!deps.health) return;
     await deps.health
-      .recordOutcome(candidate.modelId, { outcome, latencyMs, degraded, ...(probeToken ? { probeToken } : {}) }, now())
-      .then((b) => { if (b.breaker === 'open' && outcome !== 'succeeded') log.warn({ model: candidate.modelId, failures: b.consecutiveFailures }, 'breaker open'); })
+      .recordOutcome(candidate.modelId, { outcome, latencyMs, degraded, ...(probeToken ? { probeToken } : {}) }, now(), lane ?? candidate.modelId)
+      .then((b) => { if (b.breaker === 'open' && outcome !== 'succeeded') log.warn({ model: candidate.modelId, lane, failures: b.consecutiveFailures }, 'breaker open'); })
       .catch((err: unknown) => log.warn({ err: String(err) }, 'health record failed'));
   }
 
