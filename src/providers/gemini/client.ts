@@ -228,8 +228,17 @@ export class GeminiClient implements ImageGenerator {
 
 /** Read a 2xx body and parse it; the text is dropped as soon as this returns. */
 async function readJson(body: Dispatcher.ResponseData['body'], modelId: string, beforeParse?: (chars: number) => Promise<void>): Promise<unknown> {
-  const text = await body.text();
-  if (beforeParse) await beforeParse(text.length);
+  // The chunks are joined and decoded after beforeParse, not as the body ends: for a 4K answer that
+  // is milliseconds of work, and several answers ending together must not do it in one turn.
+  const chunks: Buffer[] = [];
+  let length = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    chunks.push(chunk);
+    length += chunk.length;
+  }
+  if (beforeParse) await beforeParse(length);
+  const text = Buffer.concat(chunks, length).toString('utf8');
+  chunks.length = 0;
   try {
     return parseJsonKeepingLargeData(text);
   } catch (err) {
