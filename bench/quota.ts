@@ -425,6 +425,13 @@ function traceLanes(env: Env, pool: Pool | undefined, t0: number): () => void {
 /** --trace: the history of the last jobs to finish (what made the tail of the makespan). */
 function traceTail(env: Env, t0: number, jobs: Job[]): void {
   const sim = (at: number): string => fmt((at - t0) / env.opts.minuteMs, 2);
+  // Time a job spent in the worker around its successful call (routing, lanes, parse, upload, bookkeeping).
+  const around = jobs.flatMap((j) => {
+    const ok = jobProgressSchema.safeParse(j.progress).data?.history.filter((h) => h.outcome === 'succeeded').at(-1);
+    return ok && j.processedOn && j.finishedOn ? [j.finishedOn - j.processedOn - ok.latencyMs] : [];
+  });
+  around.sort((x, y) => x - y);
+  console.log(`  worker time around the call (real ms): p50 ${around[Math.floor(around.length / 2)] ?? 'n/a'}, p90 ${around[Math.floor(around.length * 0.9)] ?? 'n/a'}`);
   const last = [...jobs].sort((a, b) => (b.finishedOn ?? 0) - (a.finishedOn ?? 0)).slice(0, 5);
   for (const j of last) {
     const progress = jobProgressSchema.safeParse(j.progress).data;
