@@ -238,7 +238,9 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         }
         log = log.child({ model: candidate.modelId });
         progress.route = { family: candidate.family, model: candidate.modelId, reason: candidate.reason };
-        await save();
+        // Not awaited: the call need not wait for it, and the job's later saves go out on the same
+        // connection after it (ioredis keeps a connection's commands in order).
+        save().catch((err: unknown) => log.warn({ err: String(err) }, 'progress save failed'));
 
         // 3a. Lane gate (src/lanes): a dispatch slot and an API key for this model now or very soon;
         // otherwise the job waits in Redis (moveToDelayed, no attempt used), not in this worker's memory.
@@ -320,7 +322,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           return fail(e);
         }
 
-        await recordHealth(candidate, 'succeeded', image.latencyMs, describeDegradation(image, candidate.family, want) !== undefined, probeToken ?? lease?.probeToken, log, lease?.lane);
+        // Recorded while the image is being checked and stored; awaited before the job ends (below).
+        const healthRecorded = recordHealth(candidate, 'succeeded', image.latencyMs, describeDegradation(image, candidate.family, want) !== undefined, probeToken ?? lease?.probeToken, log, lease?.lane);
 
         // 4. Store. A deterministic key: a retry overwrites, never duplicates.
         const key = outputKey(config, String(job.id), image.mimeType);
@@ -333,6 +336,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         // DEGRADED_ACTION says whether it is stored and flagged or retried.
         const degraded = describeDegradation(image, candidate.family, want);
         if (degraded) {
+          await healthRecorded; // the next call's routing must see this degraded answer
           const verdict = decideDegraded({
             action: degradedActionFor(config, req.tier), tier: req.tier, allowDowngrade: req.allowDowngrade, size: req.size,
             aspectRatio: req.aspectRatio, family: candidate.family, attempt, lastAttempt: job.attemptsMade + 1 >= (job.opts.attempts ?? 1),
@@ -382,6 +386,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           totalCostUsd: progress.costUsd, attempts: attempt, upstreamLatencyMs: latencyMs,
           ...(degraded ? { degraded } : {}),
         };
+        await healthRecorded;
         // Outbox first: the hooks (webhook, batch accounting) run before BullMQ records the result.
         await runTerminalHooks(hooks, {
           jobId: String(job.id), data: jobData, status: 'succeeded', result, costUsd: progress.costUsd, at: new Date(now()).toISOString(),
