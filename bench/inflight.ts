@@ -18,7 +18,7 @@
  */
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
@@ -38,6 +38,8 @@ import { cleanups, cpuProfNodeArgs, fmt, machineLine, markdownTable, record, run
 const BUCKET = 'pixelmill-bench';
 const PREFIX = 'inflight';
 const RSS_TARGET_MB = 512;
+/** Niceness of the processes standing in for remote services (see main). */
+const REMOTE_SERVICE_NICENESS = 10;
 const STALL_TARGET_MS = 100;
 
 interface Options {
@@ -198,12 +200,12 @@ function report(opts: Options, phases: PhaseResult[]): string {
     p.name, String(p.jobs), String(p.maxInFlight), fmt(p.seconds, 1),
     fmt(p.peakRssMb, 0), fmt(p.hwmMb, 0), fmt(p.worker.peakMb.heapUsed, 0), fmt(p.worker.peakMb.external, 0), fmt(p.worker.peakMb.arrayBuffers, 0),
     fmt(p.worker.eventLoopMs.p50, 1), fmt(p.worker.eventLoopMs.p99, 1), fmt(p.worker.eventLoopMs.max, 1),
-    fmt(p.worker.gcMs.max, 1), fmt(p.worker.gcMs.total, 0),
+    fmt(p.worker.stallBusyMaxMs, 1), fmt(p.worker.gcMs.max, 1), fmt(p.worker.gcMs.total, 0),
   ]);
   const table = markdownTable(
-    ['phase', 'jobs', 'max in flight', 'seconds', 'peak RSS MB', 'VmHWM MB', 'heap used MB', 'external MB', 'ArrayBuffers MB', 'loop p50 ms', 'loop p99 ms', 'loop max ms', 'GC max ms', 'GC total ms'],
+    ['phase', 'jobs', 'max in flight', 'seconds', 'peak RSS MB', 'VmHWM MB', 'heap used MB', 'external MB', 'ArrayBuffers MB', 'loop p50 ms', 'loop p99 ms', 'loop max ms', 'max stall while running ms', 'GC max ms', 'GC total ms'],
     rows,
-    [false, true, true, true, true, true, true, true, true, true, true, true, true, true],
+    [false, true, true, true, true, true, true, true, true, true, true, true, true, true, true],
   );
   const pass = (ok: boolean) => (ok ? 'PASS' : 'FAIL');
   const targets: string[][] = [];
@@ -213,14 +215,20 @@ function report(opts: Options, phases: PhaseResult[]): string {
     targets.push([`peak RSS ≤ ${RSS_TARGET_MB} MB (${first.name})`, `${fmt(rss, 0)} MB`, pass(rss !== undefined && rss <= RSS_TARGET_MB)]);
   }
   for (const p of phases) {
-    targets.push([`no event-loop stall over ${STALL_TARGET_MS} ms (${p.name})`, `max ${fmt(p.worker.eventLoopMs.max, 1)} ms, p99 ${fmt(p.worker.eventLoopMs.p99, 1)} ms`, pass(p.worker.eventLoopMs.max <= STALL_TARGET_MS)]);
+    targets.push([
+      `no event-loop stall over ${STALL_TARGET_MS} ms (${p.name})`,
+      `max ${fmt(p.worker.eventLoopMs.max, 1)} ms (${fmt(p.worker.stallBusyMaxMs, 1)} ms of it running), p99 ${fmt(p.worker.eventLoopMs.p99, 1)} ms`,
+      pass(p.worker.eventLoopMs.max <= STALL_TARGET_MS),
+    ]);
   }
   return [
     machineLine(),
     `workload: one worker process (startImageWorker, WORKER_CONCURRENCY ${phases[0]?.worker.concurrency ?? 'n/a'}), draft tier, jobs added at once; `
       + `simulator timeScale ${opts.timeScale} (1K call ${fmt(5 * opts.timeScale, 1)}-${fmt(10 * opts.timeScale, 1)} s, 4K ${fmt(20 * opts.timeScale, 0)}-${fmt(60 * opts.timeScale, 0)} s), no quotas; s3rver in its own process`,
     'peak RSS: VmRSS of the worker sampled every 25 ms; VmHWM: the process high-water mark at the end of the phase (includes earlier phases); '
-      + 'heap/external/ArrayBuffers: peaks of process.memoryUsage() inside the worker; loop: monitorEventLoopDelay (10 ms resolution) over the phase; GC: garbage-collection pauses (perf_hooks gc entries) over the phase',
+      + 'heap/external/ArrayBuffers: peaks of process.memoryUsage() inside the worker; loop: monitorEventLoopDelay (10 ms resolution) over the phase; GC: garbage-collection pauses (perf_hooks gc entries) over the phase; '
+      + 'max stall while running: per stall of a 5 ms timer, the smaller of the stall and the CPU the worker used during it (a stall the worker spent off the CPU is the machine\'s, not its event loop\'s); '
+      + `the simulator and s3rver run at niceness ${REMOTE_SERVICE_NICENESS} (they stand in for remote services)`,
     '',
     table,
     '',
@@ -242,6 +250,10 @@ async function main(): Promise<void> {
   const s3 = await startService(['s3', dir, BUCKET]);
   const sim = await startService(['sim', JSON.stringify({ timeScale: opts.timeScale, seed: 1, peak: 'off' })]);
   say(`services: redis-server ${redis.url}, s3rver ${s3.url}, simulator ${sim.url}`);
+  // The simulator and s3rver stand in for Google and S3, which in production run on other machines:
+  // at a lower CPU priority here they do not take the cores from the worker whose event loop is
+  // measured (on 2 cores they otherwise preempt it for tens of ms). They still get every idle cycle.
+  for (const service of [s3, sim]) setPriority(service.pid, REMOTE_SERVICE_NICENESS);
 
   const concurrency = Math.max(opts.jobs1k, opts.jobs4k);
   const shape = (configSchema as unknown as { shape?: Record<string, unknown> }).shape ?? {};
