@@ -33,8 +33,6 @@
  */
 import { createInterface } from 'node:readline';
 import { Transform, pipeline, type Readable } from 'node:stream';
-import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import type { Config } from '../config/env.js';
 import { PixelmillError, isPixelmillError } from '../errors/catalogue.js';
@@ -44,7 +42,7 @@ import {
 import { IMAGE_JOB_NAME, imageJobOptions, newJobId } from '../queue/image-queue.js';
 import {
   buildStoredJobData, inspectInputImages, redisOperation, referencedInputIssues, storeInputImages, validateJobRequest,
-  type HeadObject, type PreparedInput,
+  type HeadObject, type ImageJobProducerDeps, type PreparedInput,
 } from '../queue/producer.js';
 import type { ObjectStore } from '../storage/object-store.js';
 import { cancelJob } from '../queue/cancel.js';
@@ -376,17 +374,8 @@ function invalidBatch(issues: FieldIssue[], what: string): PixelmillError {
 // ---------------------------------------------------------------------------------------------
 // Storing
 
-export interface StoreBatchDeps extends BatchAccountingDeps {
-  config: Config;
-  /** The image queue (its addBulk stores the jobs). */
-  queue: Queue;
-  /** The API's producer connection. */
-  redis: Redis;
-  store: ObjectStore;
-  now?: () => number;
-  /** Upper bound on one Redis operation (as the single-job producer). */
-  redisTimeoutMs?: number;
-}
+/** The single-job producer's dependencies (its queue's addBulk stores the jobs), plus batch accounting's. */
+export interface StoreBatchDeps extends BatchAccountingDeps, ImageJobProducerDeps {}
 
 export interface StoredBatch {
   batchId: string;

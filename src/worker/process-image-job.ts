@@ -83,6 +83,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
   const models: Record<ModelFamily, readonly string[]> = { fast: config.MODEL_FAST, pro: config.MODEL_PRO };
   const allModelIds = [...config.MODEL_FAST, ...config.MODEL_PRO];
   const familyOf = (id: string): ModelFamily => (config.MODEL_PRO.includes(id) ? 'pro' : 'fast');
+  /** A turn of the pacer weighted by an answer's size (a 4K answer is many 1K units and goes alone). */
+  const paceBySize = async (size: number): Promise<void> => deps.pacer?.turn(Math.max(1, Math.ceil(size / PARSE_UNIT_CHARS)));
 
   return async function processImageJob(job: Job, token?: string, signal?: AbortSignal): Promise<JobResult> {
     await deps.pacer?.turn();
@@ -293,7 +295,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
             modelId: call.modelId, prompt: req.prompt, size: req.size, aspectRatio: req.aspectRatio,
             inputImages: inputs, timeoutMs: budget, signal: combined, ...(lease ? { apiKey: lease.apiKey } : {}),
             ...(answerSlot ? { beforeBody: (s: AbortSignal) => answerSlot.acquire(s) } : {}),
-            ...(deps.pacer ? { beforeParse: (chars: number) => deps.pacer!.turn(Math.max(1, Math.ceil(chars / PARSE_UNIT_CHARS))) } : {}),
+            ...(deps.pacer ? { beforeParse: paceBySize } : {}),
           })));
         } catch (err) {
           answerSlot?.release();
@@ -358,7 +360,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         // Cancelled while the answer came in: the call is paid for, but nothing is stored.
         if (canceled()) return canceledWhileRunning();
         // Hashing and signing the upload: paced like the parse (a few answers per event-loop turn).
-        await deps.pacer?.turn(Math.max(1, Math.ceil(image.bytes.length / PARSE_UNIT_CHARS)));
+        await paceBySize(image.bytes.length);
         const put = await store
           .put(key, image.bytes, image.mimeType, {
             'job-id': String(job.id), model: candidate.modelId, 'model-version': image.modelVersion ?? '', 'prompt-sha256': jobData.promptSha256,
