@@ -1,7 +1,7 @@
 /**
  * `npm run bench:quota [-- --jobs N --concurrency C --q-fast Q1 --q-pro Q2 --minute-ms M --seed S
  *                        --scenarios offpeak,storm --clients pixelmill,seed,seed-until-success,bullmq
- *                        --submit batch|jobs --trace --no-record]`
+ *                        --submit batch|jobs --trace --trace-step MIN --no-record]`
  *
  * How close pixelmill gets to the quotas' ceiling, and how many calls it wastes on the way, against
  * the Gemini simulator with per-minute quotas (Nano Banana 2: Q1, Pro: Q2 requests per simulated
@@ -83,6 +83,8 @@ interface Options {
   submit: 'batch' | 'jobs';
   /** Print pixelmill's lanes (learned rpm, in flight) and images per model every half simulated minute. */
   trace: boolean;
+  /** Simulated minutes between two --trace lines. */
+  traceStep: number;
   record: boolean;
 }
 
@@ -104,6 +106,7 @@ function parseOptions(argv: string[]): Options {
       scenarios: { type: 'string', default: 'offpeak,storm' },
       clients: { type: 'string', default: CLIENT_NAMES.join(',') },
       trace: { type: 'boolean', default: false },
+      'trace-step': { type: 'string', default: '0.5' },
       submit: { type: 'string', default: 'batch' },
       'no-record': { type: 'boolean', default: false },
     },
@@ -111,6 +114,11 @@ function parseOptions(argv: string[]): Options {
   const int = (flag: string, raw: string, min: number, max: number): number => {
     const n = Number(raw);
     if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${flag} must be a whole number from ${min} to ${max}, not "${raw}"`);
+    return n;
+  };
+  const positive = (flag: string, raw: string): number => {
+    const n = Number(raw);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`--${flag} must be a number above 0, not "${raw}"`);
     return n;
   };
   const scenarios = values.scenarios.split(',').map((s) => s.trim()).filter(Boolean);
@@ -129,6 +137,7 @@ function parseOptions(argv: string[]): Options {
     scenarios: scenarios as Scenario[],
     clients: clients as ClientName[],
     trace: values.trace,
+    traceStep: positive('trace-step', values['trace-step']),
     submit: values.submit === 'jobs' ? 'jobs' : values.submit === 'batch' ? 'batch' : (() => { throw new Error(`--submit must be batch or jobs, not "${values.submit}"`); })(),
     record: !values['no-record'],
   };
@@ -342,6 +351,8 @@ async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
     await queue.clean(0, 0, 'completed');
     await queue.clean(0, 0, 'failed');
     await resetSimulator(env);
+    // --trace counts the Redis commands of this run (redisPerJob).
+    if (env.opts.trace) await queueConnection.config('RESETSTAT');
 
     const t0 = Date.now();
     const stopStorm = scheduleStorm(env, scenario);
@@ -366,6 +377,7 @@ async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
       stopTrace();
     }
     const sim = await countSimulator(env);
+    if (env.opts.trace) console.log(redisPerJob(await queueConnection.info('commandstats'), jobs));
 
     const completed = (await queue.getJobs(['completed'])) as Job<unknown, JobResult>[];
     const failed = await queue.getJobs(['failed']);
@@ -396,7 +408,7 @@ async function runPixelmill(env: Env, scenario: Scenario): Promise<RunResult> {
 }
 
 /**
- * --trace: every half simulated minute, one line per model with what the simulator saw since the
+ * --trace: every --trace-step simulated minutes (default half a minute), one line per model with what the simulator saw since the
  * last line (200s, 429s, in flight) and what pixelmill's lane believes (learned rpm per simulated
  * minute, leases in flight, closure). For tuning the lanes; the figures are not part of the report.
  */
@@ -416,10 +428,19 @@ function traceLanes(env: Env, pool: Pool | undefined, t0: number): () => void {
       return `${model}: +${st.ok - (before?.ok ?? 0)} ok +${st.rateLimited - (before?.rateLimited ?? 0)} 429 sim-inflight ${st.inFlight}${laneText}`;
     });
     last = stats;
-    console.log(`  t=${fmt(at, 1)} ${parts.join(' | ')}`);
+    console.log(`  t=${fmt(at, 2)} ${parts.join(' | ')}`);
   };
-  const timer = setInterval(() => void tick().catch((e: unknown) => console.error(`trace: ${String(e)}`)), env.opts.minuteMs / 2);
+  const timer = setInterval(() => void tick().catch((e: unknown) => console.error(`trace: ${String(e)}`)), env.opts.minuteMs * env.opts.traceStep);
   return () => clearInterval(timer);
+}
+
+/** --trace: Redis work per job (INFO commandstats since the run began): scripts, and how often a job was taken. */
+function redisPerJob(commandstats: string, jobs: number): string {
+  const calls = (name: string): number => Number(new RegExp(`cmdstat_${name}:calls=(\\d+)`).exec(commandstats)?.[1] ?? 0);
+  const all = [...commandstats.matchAll(/cmdstat_\w+:calls=(\d+)/g)].reduce((sum, m) => sum + Number(m[1]), 0);
+  // BullMQ's moveToActive pops the job id with RPOPLPUSH (or ZPOPMIN for prioritized jobs) once per take.
+  const taken = Math.max(calls('rpoplpush'), calls('zpopmin'));
+  return `  Redis per job: ${fmt(all / jobs, 1)} commands, ${fmt(calls('evalsha') / jobs, 1)} scripts; each job taken by a worker ${fmt(taken / jobs, 2)} times`;
 }
 
 /** --trace: the history of the last jobs to finish (what made the tail of the makespan). */
@@ -431,6 +452,9 @@ function traceTail(env: Env, t0: number, jobs: Job[]): void {
     return ok && j.processedOn && j.finishedOn ? [j.finishedOn - j.processedOn - ok.latencyMs] : [];
   });
   around.sort((x, y) => x - y);
+  const firstActive = Math.min(...jobs.map((j) => j.processedOn ?? Infinity));
+  const firstCreated = Math.min(...jobs.map((j) => j.timestamp));
+  console.log(`  first job stored at t=${sim(firstCreated)}, first taken by the worker at t=${sim(firstActive)} sim min`);
   console.log(`  worker time around the call (real ms): p50 ${around[Math.floor(around.length / 2)] ?? 'n/a'}, p90 ${around[Math.floor(around.length * 0.9)] ?? 'n/a'}`);
   const last = [...jobs].sort((a, b) => (b.finishedOn ?? 0) - (a.finishedOn ?? 0)).slice(0, 5);
   for (const j of last) {

@@ -6,10 +6,16 @@
  * - a GCRA limiter (generic cell rate algorithm: one "theoretical arrival time" per lane, a slot every
  *   60 000 / rpm ms, with a burst of LANE_BURST calls after an idle spell) whose rate is LEARNED from
  *   the upstream by AIMD: a lane with no known rate (no ceiling, no LANE_INITIAL_RPM) is not paced
- *   until its first 429, which sets its rate to LANE_AIMD_DECREASE × the rate it was dispatching at
- *   (calls admitted per LANE_RATE_WINDOW, the provider's quota period); then +LANE_AIMD_STEP_RPM per success while the limiter is what holds calls back,
+ *   until its first 429, which sets its rate to the quota the 429 announced (QuotaFailure quotaValue
+ *   per LANE_RATE_WINDOW, the provider's quota period) or, when it announced none, to
+ *   LANE_AIMD_DECREASE × the rate it was dispatching at (calls admitted per LANE_RATE_WINDOW);
+ *   then +LANE_AIMD_STEP_RPM per success while the limiter is what holds calls back (not above a
+ *   quota announced within the last window),
  *   ×LANE_AIMD_DECREASE on a 429 (once per round: answers to calls sent before the last cut do not cut
- *   again), never above the operator ceiling (MODEL_FAST_RPM / MODEL_PRO_RPM) nor below LANE_MIN_RPM;
+ *   again; under a fresh announced quota, not for the first 429 of a window), never above the operator
+ *   ceiling (MODEL_FAST_RPM / MODEL_PRO_RPM) nor below LANE_MIN_RPM. Every 429 also empties the GCRA's
+ *   burst, as the provider's bucket is empty at that moment. A lane whose announced quota dropped
+ *   (peak hours, a 429 storm) probes now and then for the earlier one;
  * - a closure (`closedUntil`): the RetryInfo delay of a 429 on this lane, or the next midnight in
  *   Los Angeles when the lane's per-day quota ran out;
  * - a cap on calls in flight across the fleet (LANE_MAX_INFLIGHT): a sorted set of lease ids scored by
@@ -18,7 +24,9 @@
  *
  * Redis keys (under {QUEUE_PREFIX}:pm):
  *   lane:{model}@{keyId}           hash: rpm, tat, closedUntil, closedReason, refusedAt, cutAt,
- *                                  winId, winCount, prevCount (admissions this rate window and the last)
+ *                                  winId, winCount, prevCount (admissions this rate window and the last),
+ *                                  quota, quotaAt (the last announced quota, rpm), graceWin, quotaMax,
+ *                                  dropAt, probeAt (the highest quota announced, since when it is lower, last probe)
  *   lane:{model}@{keyId}:inflight  zset: lease id → expiry (epoch ms)
  *   apikey:{keyId}:disabled        string: why the key was refused; PX LANE_AUTH_DISABLE_TTL
  *
@@ -147,35 +155,87 @@ const SETTLE_LUA = `
 --   ARGV[9]  multiplicative factor on 429 (0 < f < 1)
 --   ARGV[10] state TTL ms
 --   ARGV[11] rate window ms (LANE_RATE_WINDOW)
--- Increase only while the limiter holds calls back (a refusal for rate in the last minute, or the
+--   ARGV[12] the quota this 429 announced, in rpm (QuotaFailure quotaValue; 0 = none)
+--   ARGV[13] burst (LANE_BURST)
+-- An announced quota is the lane's real ceiling: the rate is set to it (never cut below it for the
+-- same news), and the increase stops at it while it is fresh (announced within the last rate window);
+-- after a quiet window the lane probes above it again, since quotas also rise (the end of peak hours).
+-- Increase only while the limiter holds calls back (a refusal for rate in the last window, or the
 -- schedule running ahead of now): a lane that is idle or held back by its in-flight cap learns nothing.
 -- Decrease at most once per round: a 429 to a call acquired before the last cut does not cut again.
+-- Under a fresh announced quota the first 429 of a window does not cut: at that rate it is a call that
+-- arrived a moment early, not a lower quota; a second one in the same window cuts as usual (another
+-- client shares the project's quota).
+-- A lane whose announced quota dropped probes for the earlier one (see the success branch).
+-- Any 429 says the provider's bucket is empty now: the schedule moves so the next slot is one interval
+-- away, with no burst left.
 -- Returns the lane's rpm after the update (string).
 redis.call('ZREM', KEYS[2], ARGV[1])
 local now = tonumber(ARGV[3])
-local f = redis.call('HMGET', KEYS[1], 'rpm', 'tat', 'refusedAt', 'cutAt', 'winId', 'winCount', 'prevCount')
+local window = tonumber(ARGV[11])
+local win = math.floor(now / window)
+local announced = tonumber(ARGV[12]) or 0
+local f = redis.call('HMGET', KEYS[1], 'rpm', 'tat', 'refusedAt', 'cutAt', 'winId', 'winCount', 'prevCount', 'quota', 'quotaAt', 'graceWin',
+  'quotaMax', 'dropAt', 'probeAt')
 local rpm = tonumber(f[1]) or tonumber(ARGV[5])
+local oldRpm = rpm
 local ceiling = tonumber(ARGV[6])
-if rpm == 0 then
-  -- Not paced yet: nothing to raise; the first 429 starts from the rate the lane was dispatching at.
-  if ARGV[2] ~= 'rate_limited' then return '0' end
-  local window = tonumber(ARGV[11])
-  local win = math.floor(now / window)
-  local winCount, prevCount = tonumber(f[6]) or 0, tonumber(f[7]) or 0
-  local observed = 0
-  if tonumber(f[5]) == win then
-    observed = winCount + prevCount * (1 - (now % window) / window)
-  elseif tonumber(f[5]) == win - 1 then
-    observed = winCount * (1 - (now % window) / window)
+local limited = ARGV[2] == 'rate_limited'
+local quotaMax, dropAt = tonumber(f[11]) or 0, tonumber(f[12])
+if announced > 0 then
+  redis.call('HSET', KEYS[1], 'quota', tostring(announced), 'quotaAt', now)
+  if announced >= quotaMax then
+    quotaMax, dropAt = announced, nil
+    redis.call('HSET', KEYS[1], 'quotaMax', tostring(announced))
+    redis.call('HDEL', KEYS[1], 'dropAt')
+  elseif dropAt == nil then
+    dropAt = now
+    redis.call('HSET', KEYS[1], 'dropAt', now)
   end
-  -- The upstream let \`observed\` calls through within one window: that many per window, per minute.
-  rpm = observed * (60000 / window) * tonumber(ARGV[9])
+end
+local rescale = true
+local known = announced
+if known == 0 and (tonumber(f[9]) or -1) >= now - window then known = tonumber(f[8]) or 0 end
+if rpm == 0 then
+  -- Not paced yet: nothing to raise; the first 429 starts from the announced quota, or else from the
+  -- rate the lane was dispatching at.
+  if not limited then return '0' end
+  if known > 0 then
+    rpm = known
+  else
+    local winCount, prevCount = tonumber(f[6]) or 0, tonumber(f[7]) or 0
+    local observed = 0
+    if tonumber(f[5]) == win then
+      observed = winCount + prevCount * (1 - (now % window) / window)
+    elseif tonumber(f[5]) == win - 1 then
+      observed = winCount * (1 - (now % window) / window)
+    end
+    -- The upstream let \`observed\` calls through within one window: that many per window, per minute.
+    rpm = observed * (60000 / window) * tonumber(ARGV[9])
+  end
   redis.call('HSET', KEYS[1], 'cutAt', now)
 elseif ARGV[2] == 'succeeded' then
-  local busy = (tonumber(f[3]) or -1) >= now - 60000 or (tonumber(f[2]) or 0) >= now
-  if busy then rpm = rpm + tonumber(ARGV[8]) end
-elseif ARGV[2] == 'rate_limited' then
-  if tonumber(ARGV[4]) >= (tonumber(f[4]) or 0) then
+  local busy = (tonumber(f[3]) or -1) >= now - window or (tonumber(f[2]) or 0) >= now
+  -- After a drop (a lower quota announced than before: peak hours, a 429 storm), probe now and then
+  -- whether the earlier quota is back: the rate returns to it, and if the quota is still low the next
+  -- call's 429 sets it back (one 429 per probe). Probes are spaced by an eighth of the drop's age (at
+  -- least a quarter window): a short storm ends within seconds of being noticed, a long peak costs few.
+  local every = dropAt and math.max(window / 4, (now - dropAt) / 8) or 0
+  local quiet = now - math.max(tonumber(f[13]) or 0, tonumber(f[9]) or 0)
+  if busy and dropAt and rpm < quotaMax and quiet >= every then
+    rpm = quotaMax
+    rescale = false
+    redis.call('HSET', KEYS[1], 'probeAt', now)
+  elseif busy and (known == 0 or rpm < known) then
+    rpm = math.min(rpm + tonumber(ARGV[8]), known > 0 and known or math.huge)
+  end
+elseif limited and tonumber(ARGV[4]) >= (tonumber(f[4]) or 0) then
+  if known > 0 and rpm > known then
+    rpm = known
+    redis.call('HSET', KEYS[1], 'cutAt', now)
+  elseif known > 0 and tonumber(f[10]) ~= win then
+    redis.call('HSET', KEYS[1], 'graceWin', win)
+  else
     rpm = rpm * tonumber(ARGV[9])
     redis.call('HSET', KEYS[1], 'cutAt', now)
   end
@@ -184,11 +244,15 @@ if ceiling > 0 and rpm > ceiling then rpm = ceiling end
 if rpm < tonumber(ARGV[7]) then rpm = tonumber(ARGV[7]) end
 -- The schedule ahead of now (tat - now) was booked at the old interval: keep the number of slots it
 -- holds, not its length, so a rate that rises takes effect at once (and a cut pushes it out).
-local oldRpm = tonumber(f[1]) or tonumber(ARGV[5])
 local tat = tonumber(f[2]) or 0
-if oldRpm > 0 and rpm ~= oldRpm and tat > now then
-  redis.call('HSET', KEYS[1], 'tat', tostring(now + (tat - now) * oldRpm / rpm))
+if rescale and oldRpm > 0 and rpm ~= oldRpm and tat > now then
+  tat = now + (tat - now) * oldRpm / rpm
 end
+if limited then
+  local empty = now + (60000 / rpm) * tonumber(ARGV[13])
+  if tat < empty then tat = empty end
+end
+if tat ~= (tonumber(f[2]) or 0) then redis.call('HSET', KEYS[1], 'tat', tostring(tat)) end
 redis.call('HSET', KEYS[1], 'rpm', tostring(rpm))
 redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[10]), (tonumber(redis.call('HGET', KEYS[1], 'closedUntil') or '0')) - now + 1000))
 return tostring(rpm)
@@ -396,15 +460,22 @@ export class LaneLimiter {
     }
   }
 
-  /** Release the lease and feed the outcome into the lane's learned rate. Returns the new rpm. */
-  async settle(lease: LaneLease, outcome: LaneOutcome): Promise<number> {
+  /**
+   * Release the lease and feed the outcome into the lane's learned rate. Returns the new rpm.
+   * `announcedQuota`: the requests per quota period a 429 announced (QuotaFailure quotaValue); the
+   * period is LANE_RATE_WINDOW (a minute in production, scaled in the benchmarks).
+   */
+  async settle(lease: LaneLease, outcome: LaneOutcome, announcedQuota?: number): Promise<number> {
     const o = this.options;
+    const announcedRpm = announcedQuota !== undefined && announcedQuota > 0 ? announcedQuota * (60_000 / o.rateWindowMs) : 0;
     const rpm = Number(await this.redis.pmLaneSettle(
       this.stateKey(lease.modelId, lease.keyId), this.inflightKey(lease.modelId, lease.keyId),
       lease.leaseId, outcome, this.now(), lease.acquiredAt, this.startRpm(lease.modelId), this.ceiling(lease.modelId) ?? 0,
-      o.minRpm, o.stepRpm, o.decreaseFactor, o.stateTtlMs, o.rateWindowMs,
+      o.minRpm, o.stepRpm, o.decreaseFactor, o.stateTtlMs, o.rateWindowMs, announcedRpm, o.burst,
     ));
-    if (outcome === 'rate_limited') this.logger.info({ lane: lease.lane, rpm }, 'lane answered 429: rate cut');
+    if (outcome === 'rate_limited') {
+      this.logger.info({ lane: lease.lane, rpm, ...(announcedRpm > 0 ? { announcedRpm } : {}) }, 'lane answered 429: rate set');
+    }
     return rpm;
   }
 
@@ -507,20 +578,25 @@ export function createLaneLimiter(redis: Redis, config: Config, deps: LaneLimite
 
 /**
  * Run one upstream call on a lease: whatever happens, the in-flight slot is released when the call
- * ends and the outcome feeds the lane's rate (success → increase, RATE_LIMITED → decrease). A lane
- * bookkeeping failure never hides the call's own result or error.
+ * ends and the outcome feeds the lane's rate (success → increase, RATE_LIMITED → decrease, or the
+ * quota the 429 announced). A lane bookkeeping failure never hides the call's own result or error.
  */
 export async function withLane<T>(lanes: LaneLimiter | undefined, lease: LaneLease | undefined, call: () => Promise<T>): Promise<T> {
   if (!lanes || !lease) return call();
   let outcome: LaneOutcome = 'other';
+  let announced: number | undefined;
   try {
     const result = await call();
     outcome = 'succeeded';
     return result;
   } catch (err) {
-    if ((err as { code?: unknown } | null)?.code === 'RATE_LIMITED') outcome = 'rate_limited';
+    const e = err as { code?: unknown; details?: { requestsPerMinute?: unknown } } | null;
+    if (e?.code === 'RATE_LIMITED') {
+      outcome = 'rate_limited';
+      if (typeof e.details?.requestsPerMinute === 'number') announced = e.details.requestsPerMinute;
+    }
     throw err;
   } finally {
-    await lanes.settle(lease, outcome).catch(() => undefined);
+    await lanes.settle(lease, outcome, announced).catch(() => undefined);
   }
 }

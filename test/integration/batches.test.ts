@@ -287,13 +287,13 @@ describe('storing is all or nothing', () => {
     const redis = createRedis(config, 'producer');
     const real = createImageQueue(config, redis);
     let calls = 0;
-    // A queue whose second addBulk fails (Redis dropping mid-batch).
+    // A queue whose third addBulk fails (Redis dropping mid-batch): chunks of 64 and 256 are in.
     const failing = new Proxy(real, {
       get(target, prop) {
         if (prop === 'addBulk') {
           return async (jobs: Parameters<Queue['addBulk']>[0]) => {
             calls += 1;
-            if (calls === 2) throw new Error('injected: connection lost');
+            if (calls === 3) throw new Error('injected: connection lost');
             return target.addBulk(jobs);
           };
         }
@@ -312,8 +312,8 @@ describe('storing is all or nothing', () => {
     const res = await http(api.url, 'POST', '/v1/batches', { json: { jobs } });
     expect(res.status).toBe(503);
     expect(res.body.error.code).toBe('QUEUE_UNAVAILABLE');
-    expect(res.body.error.message).toMatch(/failed after 1000 of 2500 jobs were queued \(.*injected: connection lost\).*the 1000 stored jobs were removed/);
-    expect(calls).toBe(2);
+    expect(res.body.error.message).toMatch(/failed after 320 of 2500 jobs were queued \(.*injected: connection lost\).*the 320 stored jobs were removed/);
+    expect(calls).toBe(3);
     const counts = await real.getJobCounts();
     expect(Object.values(counts).reduce((a, b) => a + b, 0)).toBe(0);
 
@@ -365,8 +365,8 @@ describe('storing is all or nothing, with a worker already running the first job
     const res = await http(api.url, 'POST', '/v1/batches', { json: { jobs } });
     expect(res.status).toBe(503);
     expect(res.body.error.code).toBe('QUEUE_UNAVAILABLE');
-    expect(res.body.error.message).toContain('failed after 1000 of 1500 jobs were queued');
-    expect(res.body.error.message).toContain('the 1000 stored jobs were removed (4 a worker had already taken were cancelled), so nothing of this batch will run');
+    expect(res.body.error.message).toContain('failed after 64 of 1500 jobs were queued');
+    expect(res.body.error.message).toContain('the 64 stored jobs were removed (4 a worker had already taken were cancelled), so nothing of this batch will run');
 
     // The four end cancelled: their upstream calls are aborted and nothing else is left.
     await waitFor('the four taken jobs to end cancelled', async () => (await real.getFailedCount()) === 4 && (await real.getActiveCount()) === 0);

@@ -138,8 +138,88 @@ describe('lane limiter: AIMD', () => {
     // 12 calls dispatched this minute: the first 429 paces the lane at half that.
     expect(await lim.settle(leases[1]!, 'rate_limited')).toBe(6);
     expect((await lim.view([MODEL]))[0]!.rpm).toBe(6);
+    // The provider's bucket is empty at a 429: the next slot is one interval (10 s) away.
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', why: 'rate', waitMs: 10_000 });
+    env.clock.t += 10_000;
     admitted(await lim.tryAcquire(MODEL));
     expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', why: 'rate' });
+  });
+
+  it('a 429 that announces its quota (quotaValue) sets the rate to it, and the schedule to an empty bucket', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 1, burst: 5 });
+    const leases: LaneLease[] = [];
+    for (let i = 0; i < 40; i++) leases.push(admitted(await lim.tryAcquire(MODEL)));
+    env.clock.t += 50;
+    // 40 calls went out unpaced; the upstream says its quota is 150 per minute: not 40 × 0.5.
+    expect(await lim.settle(leases[0]!, 'rate_limited', 150)).toBe(150);
+    // No burst right after a 429, though LANE_BURST is 5: the next slot is 400 ms away.
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', why: 'rate', waitMs: 400, rpm: 150 });
+    // The other 429s of that unpaced round (calls sent before the rate was set) change nothing.
+    for (const l of leases.slice(1, 10)) expect(await lim.settle(l, 'rate_limited', 150)).toBe(150);
+  });
+
+  it('an announced quota is a fresh ceiling: no increase past it, no cut for one early call, a cut for a second, a probe after a quiet window', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 10, burst: 1 });
+    expect(await lim.settle(admitted(await lim.tryAcquire(MODEL)), 'rate_limited', 60)).toBe(60);
+    // Saturated (refused for rate), calls succeed: the rate stays at the announced 60, not 60 + 10 per success.
+    const callAt = async (): Promise<LaneLease> => {
+      const a = await lim.tryAcquire(MODEL);
+      if (a.kind === 'refused') env.clock.t += a.waitMs;
+      return admitted(a.kind === 'refused' ? await lim.tryAcquire(MODEL) : a);
+    };
+    for (let i = 0; i < 3; i++) expect(await lim.settle(await callAt(), 'succeeded')).toBe(60);
+    // One 429 at the announced rate within a window: a call that arrived early; the rate stays.
+    expect(await lim.settle(await callAt(), 'rate_limited', 60)).toBe(60);
+    // A second one in the same window: someone else shares the quota; the rate is cut.
+    expect(await lim.settle(await callAt(), 'rate_limited', 60)).toBe(30);
+    // It climbs back to the announced quota and no further...
+    for (let i = 0; i < 5; i++) await lim.settle(await callAt(), 'succeeded');
+    expect((await lim.view([MODEL]))[0]!.rpm).toBe(60);
+    // ...until a window passes without a 429: then it probes above it (quotas rise after peak hours).
+    env.clock.t += 61_000;
+    expect(await lim.settle(await callAt(), 'succeeded')).toBe(70);
+    // A lower quota announced (peak hours) applies at once, without a multiplicative cut below it.
+    expect(await lim.settle(await callAt(), 'rate_limited', 18)).toBe(18);
+  });
+
+  it('after a drop in the announced quota, probes for the earlier one, spaced by an eighth of the drop\'s age', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 1, burst: 1 });
+    expect(await lim.settle(admitted(await lim.tryAcquire(MODEL)), 'rate_limited', 150)).toBe(150);
+    const callAt = async (): Promise<LaneLease> => {
+      const a = await lim.tryAcquire(MODEL);
+      if (a.kind === 'refused') env.clock.t += a.waitMs;
+      return admitted(a.kind === 'refused' ? await lim.tryAcquire(MODEL) : a);
+    };
+    // Peak hours: the quota drops to 45; the rate follows at once.
+    env.clock.t += 1_000;
+    const dropAt = env.clock.t;
+    expect(await lim.settle(await callAt(), 'rate_limited', 45)).toBe(45);
+    // Within a quarter window (15 s) of the last 429, successes leave it at 45.
+    while (env.clock.t < dropAt + 14_000) expect(await lim.settle(await callAt(), 'succeeded')).toBe(45);
+    // After it, the next success probes: the rate returns to 150...
+    env.clock.t = dropAt + 15_000;
+    expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
+    // ...and the quota still being 45, the next call's 429 sets it back, without a cut below 45.
+    expect(await lim.settle(await callAt(), 'rate_limited', 45)).toBe(45);
+    // Four minutes into the drop, probes are 30 s apart (an eighth of 240 s): none 20 s after that 429.
+    env.clock.t = dropAt + 240_000;
+    expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
+    expect(await lim.settle(await callAt(), 'rate_limited', 45)).toBe(45);
+    env.clock.t += 20_000;
+    expect(await lim.settle(await callAt(), 'succeeded')).toBe(45);
+    env.clock.t += 20_000;
+    // The peak is over: the probe succeeds and the lane stays at the earlier quota.
+    expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
+    for (let i = 0; i < 3; i++) expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
+  });
+
+  it('an announced quota counts per LANE_RATE_WINDOW (the quota period): 10 per 4 s is 150 per minute', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 0, rateWindowMs: 4_000 });
+    expect(await lim.settle(admitted(await lim.tryAcquire(MODEL)), 'rate_limited', 10)).toBe(150);
   });
 
   it('the first 429 counts calls per LANE_RATE_WINDOW (the quota period), as a rate per minute', async () => {

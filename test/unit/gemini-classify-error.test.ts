@@ -41,6 +41,28 @@ describe('classifyErrorResponse: 429', () => {
     expect(err.details).toMatchObject({ quotaScope: 'minute', quotaId: 'GenerateRequestsPerMinutePerProjectPerModel' });
   });
 
+  it('reads the announced requests-per-minute quota (quotaValue "20") and nothing for other quota kinds', () => {
+    const violation = (quotaId: string, quotaValue?: string) => ({
+      '@type': 'type.googleapis.com/google.rpc.QuotaFailure',
+      violations: [{ quotaMetric: 'generativelanguage.googleapis.com/generate_content_requests', quotaId, ...(quotaValue === undefined ? {} : { quotaValue }) }],
+    });
+    const perMinute = classifyErrorResponse(429, rateLimitBody('Quota exceeded.', [violation('GenerateRequestsPerMinutePerProjectPerModel', '20')]), MODEL);
+    expect(perMinute.details).toMatchObject({ quotaScope: 'minute', requestsPerMinute: 20 });
+    // Tokens per minute, per day, no quotaValue (the `limit: 0` case), nonsense: no announced request rate.
+    for (const [id, value] of [
+      ['GenerateContentPaidTierInputTokensPerModelPerMinute', '1000000'],
+      ['GenerateRequestsPerDayPerProjectPerModel', '250'],
+      ['GenerateRequestsPerMinutePerProjectPerModel', undefined],
+      ['GenerateRequestsPerMinutePerProjectPerModel', 'lots'],
+      ['GenerateRequestsPerMinutePerProjectPerModel', '0'],
+    ] as const) {
+      const err = classifyErrorResponse(429, rateLimitBody('Quota exceeded.', [violation(id, value)]), MODEL);
+      expect(err.details.requestsPerMinute, `${id} ${value}`).toBeUndefined();
+    }
+    // A captured body without quotaValue announces nothing.
+    expect(classifyErrorResponse(429, fixtureText('429-array-wrapped.json'), MODEL).details.requestsPerMinute).toBeUndefined();
+  });
+
   it('falls back to "Please retry in 12.5s." in the message when RetryInfo is missing', () => {
     const err = classifyErrorResponse(429, rateLimitBody('Quota exceeded. Please retry in 12.5s.'), MODEL);
     expect(err.retryAfterMs).toBe(12_500);

@@ -83,6 +83,12 @@ interface QuotaFacts {
   quotaScope: QuotaScope;
   quotaId?: string;
   quotaMetric?: string;
+  /**
+   * The limit the provider announced for a requests-per-minute quota (QuotaFailure quotaValue, a
+   * string such as "20"): the lane's real ceiling. Absent for token and per-day quotas, and when the
+   * body has no quotaValue (the `limit: 0` case, detail-less 429s).
+   */
+  requestsPerMinute?: number;
 }
 
 /** A per-day quota will not reset within a backoff; the worker reads `quotaScope` to decide. */
@@ -98,6 +104,10 @@ function quotaFacts(env: Envelope | null): QuotaFacts {
   const facts: QuotaFacts = { quotaScope: perDay ? 'day' : perMinute ? 'minute' : 'unknown' };
   if (decisive && typeof decisive.quotaId === 'string') facts.quotaId = decisive.quotaId;
   if (decisive && typeof decisive.quotaMetric === 'string') facts.quotaMetric = decisive.quotaMetric;
+  // Only a requests quota paces calls one for one; a tokens-per-minute limit is a different unit.
+  const requests = violations.find((v) => /PerMinute/.test(idOf(v)) && /Requests/.test(idOf(v)) && !/Token/i.test(idOf(v)));
+  const announced = typeof requests?.quotaValue === 'string' && /^\d+(\.\d+)?$/.test(requests.quotaValue.trim()) ? Number(requests.quotaValue) : NaN;
+  if (!perDay && announced > 0) facts.requestsPerMinute = announced;
   return facts;
 }
 
@@ -108,7 +118,8 @@ function errorInfoReasons(env: Envelope | null): string[] {
 }
 
 /**
- * Classify a non-2xx answer: 429 → RATE_LIMITED (retryAfterMs, details.quotaScope/quotaId/quotaMetric);
+ * Classify a non-2xx answer: 429 → RATE_LIMITED (retryAfterMs, details.quotaScope/quotaId/quotaMetric, and
+ * details.requestsPerMinute when the body announced a per-minute request quota);
  * 400 → INVALID_REQUEST, except a rejected key (API_KEY_INVALID) or an account precondition
  * (FAILED_PRECONDITION: billing, region) → UPSTREAM_AUTH; 401/402/403 → UPSTREAM_AUTH; 404 → MODEL_NOT_FOUND;
  * 408/504 → UPSTREAM_TIMEOUT; other 4xx → INVALID_REQUEST; 5xx (and anything else) → UPSTREAM_UNAVAILABLE.

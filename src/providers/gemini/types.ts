@@ -54,7 +54,8 @@ export interface GeneratedImage {
 
 /**
  * Generates one image or throws a PixelmillError with one of the upstream codes: RATE_LIMITED
- * (retryAfterMs set; details.quotaScope 'minute' | 'day' | 'unknown', details.quotaId),
+ * (retryAfterMs set; details.quotaScope 'minute' | 'day' | 'unknown', details.quotaId, details.requestsPerMinute
+ * when the body announced the per-minute request quota),
  * UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, MODEL_NOT_FOUND, INVALID_REQUEST, UPSTREAM_AUTH,
  * CONTENT_BLOCKED, NO_IMAGE, BAD_RESPONSE. Errors carry `details.usage` when the body had usageMetadata.
  */
