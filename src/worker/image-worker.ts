@@ -104,6 +104,8 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
     answerGate: new AnswerGate(config.WORKER_MAX_PENDING_UPLOADS),
     // A burst of job starts (hundreds fetched at once) runs 16 per event-loop turn, not all in one.
     pacer: new TurnPacer(2),
+    // Every lane full: the whole fleet stops taking jobs until the next slot (BullMQ's queue-wide rate limit).
+    pauseFetching: (ms) => backlogQueue.rateLimit(ms),
   });
 
   const worker = new Worker<unknown, JobResult>(IMAGE_QUEUE, processor, {

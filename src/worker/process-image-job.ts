@@ -4,15 +4,17 @@
  *
  *   try again now    another candidate within the same attempt (429 with a fallback, a retired id,
  *                    a content block on Nano Banana 2 for a standard job, the one NO_IMAGE retry)
- *   requeue          every candidate is cooling down: moveToDelayed until the shortest cooldown ends,
- *                    without consuming an attempt (DelayedError)
+ *   requeue          every candidate is cooling down or its lane is full: moveToDelayed until the
+ *                    shortest cooldown or the next slot, without consuming an attempt (DelayedError);
+ *                    when the lanes of both models are full, the fleet instead stops taking jobs until
+ *                    the next slot and this one goes back to the queue where it was (RateLimitError)
  *   retry            timeouts, 5xx, unreadable bodies, storage: throw, and BullMQ retries after the
  *                    full-jitter backoff while attempts remain (the router then prefers the other model)
  *   fail             everything final: UnrecoverableError, the code kept on the job's progress
  *
  * Redis only ever sees small facts: the progress record and the result hold keys, counts and text.
  */
-import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
+import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Config } from '../config/env.js';
 import { PixelmillError, toPixelmillError, type ErrorCode } from '../errors/catalogue.js';
 import {
@@ -36,6 +38,11 @@ import type { BacklogReader } from '../queue/backlog.js';
 import type { AnswerGate } from './answer-gate.js';
 import type { TurnPacer } from './turn-pacer.js';
 
+/**
+ * Longest fleet-wide pause of job fetching when every lane is full: a lane closed for hours (per-day
+ * quota) is looked at again this often rather than trusted for the whole closure.
+ */
+const MAX_FETCH_PAUSE_MS = 5_000;
 /** Upper bound on upstream calls within one attempt (fallbacks, retired ids, the NO_IMAGE retry). */
 const MAX_CALLS_PER_ATTEMPT = 6;
 /** One unit of the TurnPacer for parsing or storing an answer: about a 1K image's JSON (~250,000 characters). */
@@ -70,6 +77,12 @@ export interface ImageJobDeps {
   answerGate?: AnswerGate;
   /** Spreads job starts and upstream requests over event-loop turns (turn-pacer.ts); absent = no pacing. */
   pacer?: TurnPacer;
+  /**
+   * Stops every worker of the fleet taking jobs for `ms` (BullMQ's queue.rateLimit): used when every
+   * lane of every model is full, so no job could be dispatched before the next slot anyway. Absent =
+   * such a job waits in the delayed set like any other.
+   */
+  pauseFetching?: (ms: number) => Promise<void>;
 }
 
 /** Thrown inside the processor to end the job for good; the code is already on the job's progress. */
@@ -168,6 +181,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
       // Lanes found full in this attempt (model id → when the next slot opens): a standard job spills over
       // to the tier's other model instead of waiting, so both models' quotas serve the backlog.
       const laneFull = new Map<string, number>();
+      // The same lanes' next slot without the herd jitter (when every lane is full, the fleet pauses until the first).
+      const laneSlot = new Map<string, number>();
       let spillNote = '';
       for (let call = 0; call < MAX_CALLS_PER_ATTEMPT; call++) {
         if (canceled()) return canceledWhileRunning();
@@ -239,11 +254,6 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           if (claim.kind === 'probe') probeToken = claim.token;
         }
         log = log.child({ model: candidate.modelId });
-        progress.route = { family: candidate.family, model: candidate.modelId, reason: candidate.reason };
-        // Not awaited: the call need not wait for it, and the job's later saves go out on the same
-        // connection after it (ioredis keeps a connection's commands in order).
-        save().catch((err: unknown) => log.warn({ err: String(err) }, 'progress save failed'));
-
         // 3a. Lane gate (src/lanes): a dispatch slot and an API key for this model now or very soon;
         // otherwise the job waits in Redis (moveToDelayed, no attempt used), not in this worker's memory.
         const gate = deps.lanes ? await deps.lanes.acquire(candidate.modelId, String(job.id)) : undefined;
@@ -254,6 +264,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           // Spill-over (standard tier only: draft never pays Pro prices, premium never downgrades for speed),
           // unless the first lane reaches this job sooner than the other model's extra latency (spill.ts).
           laneFull.set(candidate.modelId, gate.untilMs);
+          laneSlot.set(candidate.modelId, now() + gate.waitMs);
           let waitReason = gate.reason;
           const other = req.tier === 'standard' ? ranked.find((c) => !laneFull.has(c.modelId)) : undefined;
           if (other) {
@@ -268,11 +279,24 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
             // Waiting for the first model is quicker: keep its slot time only.
             laneFull.clear();
             laneFull.set(candidate.modelId, gate.untilMs);
+            laneSlot.clear();
             waitReason += `; not spilled: ${spill.note}`;
           }
           const nextSlot = Math.min(...laneFull.values());
           if (deadline !== undefined && nextSlot >= deadline) {
             return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} comes before a dispatch slot (${waitReason})`));
+          }
+          // Every lane of both families' models is full (the model a family is routed to; its other ids
+          // are fallbacks for a retired one): no job of the queue could go before the first next slot.
+          // Rather than each worker taking job after job only to put it back (a worker at 100 % CPU
+          // churning a backlog through Redis), the fleet stops taking jobs until then; this job goes
+          // back to the queue where it was (its priority and position kept, no attempt used).
+          const pauseMs = Math.min(MAX_FETCH_PAUSE_MS, Math.ceil(Math.min(...laneSlot.values()) - now()));
+          const full = new Set([...laneSlot.keys()].map(familyOf));
+          if (deps.pauseFetching && pauseMs > 0 && full.has('fast') && full.has('pro')) {
+            await deps.pauseFetching(pauseMs);
+            log.debug({ pauseMs, reason: waitReason }, 'every lane full: the fleet pauses taking jobs');
+            throw Worker.RateLimitError();
           }
           appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'requeued', 0, now(), waitReason));
           await save();
@@ -281,6 +305,9 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           throw new DelayedError();
         }
         const lease = gate?.lease;
+        // Not awaited: the call need not wait for it, and the job's later saves go out on the same
+        // connection after it (ioredis keeps a connection's commands in order).
+        save().catch((err: unknown) => log.warn({ err: String(err) }, 'progress save failed'));
 
         // 3. Generate. The call's budget is the upstream timeout, or less when the deadline is nearer.
         const budget = Math.max(1, Math.min(config.UPSTREAM_TIMEOUT_MS, deadline !== undefined ? deadline - now() : Infinity));

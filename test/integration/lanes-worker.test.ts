@@ -111,6 +111,28 @@ describe('shared model lanes in the pipeline', () => {
     }
   });
 
+  it('when every lane of every model is full, the fleet stops taking jobs until the next slot; the jobs wait in the queue where they were', async () => {
+    // Both models capped at 1 rpm with no burst: after one call each, the next slots are ~60 s away.
+    p = await startPipeline({ env: { MODEL_FAST_RPM: 1, MODEL_PRO_RPM: 1, LANE_BURST: 1, LANE_AIMD_STEP_RPM: 0 } });
+    const ids = await Promise.all([0, 1, 2, 3].map(async (i) => (await p!.submit({ ...job(i), prompt: `full ${i}`, tier: 'standard' })).body['id'] as string));
+    await waitFor('two jobs done (one per model)', async () => (await p!.queue.getCompletedCount()) === 2);
+    await waitFor('the queue paused by the lanes', async () => (await p!.queue.getRateLimitTtl()) > 0);
+    // Paused for at most MAX_FETCH_PAUSE_MS (5 s), then the lanes are asked again.
+    expect(await p.queue.getRateLimitTtl()).toBeLessThanOrEqual(5_000);
+    await waitFor('the other two back in the queue', async () => (await p!.queue.getActiveCount()) === 0);
+    expect(await p.queue.getDelayedCount()).toBe(0);
+    const waiting = (await Promise.all(ids.map((id) => p!.queue.getJob(id)))).filter((j) => j && !j.finishedOn);
+    expect(waiting).toHaveLength(2);
+    for (const j of waiting) {
+      expect(await j!.getState()).toMatch(/^(waiting|prioritized)$/);
+      expect(j!.attemptsMade).toBe(0);
+      // A fleet-wide pause is not an event of the job: nothing in its history, no requeue counted.
+      expect(readProgress(j!.progress)).toMatchObject({ history: [], rateLimitRequeues: 0 });
+    }
+    // Only the two admitted calls reached the simulator.
+    expect(p.sim.requests().filter((r) => r.prompt.startsWith('full '))).toHaveLength(2);
+  });
+
   it('a standard job spills over to Pro when the Nano Banana 2 lane is full; a draft job waits instead', async () => {
     // Nano Banana 2 capped at 1 rpm with no burst: after one call its next slot is ~60 s away. Pro is unpaced.
     p = await startPipeline({ env: { MODEL_FAST_RPM: 1, LANE_BURST: 1 } });

@@ -41,7 +41,8 @@ describe('pipeline', () => {
 
   it('after a 429 with retryDelay R, a standard job falls back to Pro at once and the next call to that model waits at least R', async () => {
     // Nano Banana 2 gets 1 request per (scaled) minute: the second call answers 429 with a RetryInfo of ~3 s.
-    p = await startPipeline({ sim: { timeScale: 0.05, quotas: { fast: 1 } } });
+    // The lanes' quota period is that scaled minute too (the 429 announces "1 per minute").
+    p = await startPipeline({ sim: { timeScale: 0.05, quotas: { fast: 1 } }, env: { LANE_RATE_WINDOW: 3_000 } });
     const first = await p.settle((await p.submit({ prompt: 'takes the token e2e-429-a' })).body['id']);
     expect(first['route'].model).toBe('gemini-3.1-flash-image');
 
