@@ -4,7 +4,8 @@
  *
  * Per lane, three things decide whether a call may start now:
  * - a GCRA limiter (generic cell rate algorithm: one "theoretical arrival time" per lane, a slot every
- *   60 000 / rpm ms, with a burst of LANE_BURST calls after an idle spell) whose rate is LEARNED from
+ *   60 000 / rpm ms, with a burst of LANE_BURST calls after an idle spell, or of one quota period's
+ *   calls when the quota is known, as the provider's own bucket allows) whose rate is LEARNED from
  *   the upstream by AIMD: a lane with no known rate (no ceiling, no LANE_INITIAL_RPM) is not paced
  *   until its first 429, which sets its rate to the quota the 429 announced (QuotaFailure quotaValue
  *   per LANE_RATE_WINDOW, the provider's quota period) or, when it announced none, to
@@ -55,7 +56,8 @@ const ACQUIRE_LUA = `
 --   ARGV[4]  max in flight per lane across the fleet (0 = no cap)
 --   ARGV[5]  starting rpm of a lane with no learned rate yet (0 = not paced until its first 429)
 --   ARGV[6]  ceiling rpm (0 = none): a learned rate above it is clamped
---   ARGV[7]  burst: calls admitted back to back after an idle spell (>= 1)
+--   ARGV[7]  burst: calls admitted back to back after an idle spell (>= 1); a lane with a known quota
+--            (announced, or the ceiling) takes one quota period's calls (rate window) when that is more
 --   ARGV[8]  ms to come back when a lane is at its in-flight cap (the end of a call is not predictable)
 --   ARGV[9]  state TTL ms: a lane idle this long forgets its learned rate
 --   ARGV[10] rate window ms (LANE_RATE_WINDOW): admissions are counted per window for the first 429
@@ -77,13 +79,17 @@ local best, bestAt, bestTat, bestWhy, bestRpm, bestProbe = nil, 0, 0, '', 0, fal
 for i = 1, #KEYS / 4 do
   local h, z, d, b = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
   if redis.call('EXISTS', d) == 0 then
-    local f = redis.call('HMGET', h, 'tat', 'rpm', 'closedUntil')
+    local f = redis.call('HMGET', h, 'tat', 'rpm', 'closedUntil', 'quota')
     local rpm = tonumber(f[2]) or startRpm
     if ceiling > 0 and (rpm == 0 or rpm > ceiling) then rpm = ceiling end
     local interval = 0
     if rpm > 0 then interval = 60000 / rpm end
+    -- A known quota (announced by a 429, else the operator ceiling) is a bucket of one quota period's
+    -- calls: after an idle spell the provider lets that many through at once, and so does the lane.
+    local known = tonumber(f[4]) or ceiling
+    local laneBurst = math.max(burst, math.floor(known * tonumber(ARGV[10]) / 60000))
     local tat = math.max(tonumber(f[1]) or 0, now)
-    local at = tat - interval * (burst - 1)
+    local at = tat - interval * (laneBurst - 1)
     local why = 'rate'
     local closed = tonumber(f[3]) or 0
     if closed > at then at = closed; why = 'closed' end
@@ -193,7 +199,6 @@ if announced > 0 then
     redis.call('HSET', KEYS[1], 'dropAt', now)
   end
 end
-local rescale = true
 local known = announced
 if known == 0 and (tonumber(f[9]) or -1) >= now - window then known = tonumber(f[8]) or 0 end
 if rpm == 0 then
@@ -224,7 +229,6 @@ elseif ARGV[2] == 'succeeded' then
   local quiet = now - math.max(tonumber(f[13]) or 0, tonumber(f[9]) or 0)
   if busy and dropAt and rpm < quotaMax and quiet >= every then
     rpm = quotaMax
-    rescale = false
     redis.call('HSET', KEYS[1], 'probeAt', now)
   elseif busy and (known == 0 or rpm < known) then
     rpm = math.min(rpm + tonumber(ARGV[8]), known > 0 and known or math.huge)
@@ -242,14 +246,23 @@ elseif limited and tonumber(ARGV[4]) >= (tonumber(f[4]) or 0) then
 end
 if ceiling > 0 and rpm > ceiling then rpm = ceiling end
 if rpm < tonumber(ARGV[7]) then rpm = tonumber(ARGV[7]) end
--- The schedule ahead of now (tat - now) was booked at the old interval: keep the number of slots it
--- holds, not its length, so a rate that rises takes effect at once (and a cut pushes it out).
+-- The bucket: one quota period of the known quota (announced, else the ceiling), at least LANE_BURST;
+-- the same size as the admission's (ACQUIRE_LUA), before and after this answer's news.
+local quotaBefore = tonumber(f[8]) or ceiling
+local quotaAfter = quotaBefore
+if announced > 0 then quotaAfter = announced end
+local bucketBefore = math.max(tonumber(ARGV[13]), math.floor(quotaBefore * window / 60000))
+local bucketAfter = math.max(tonumber(ARGV[13]), math.floor(quotaAfter * window / 60000))
+-- The schedule ahead of now was booked at the old interval and bucket: keep the number of slots
+-- booked beyond the bucket, not the schedule's length, so a rate that rises takes effect at once
+-- (and a cut pushes it out); a bucket that grows starts with the calls it had, not full.
 local tat = tonumber(f[2]) or 0
-if rescale and oldRpm > 0 and rpm ~= oldRpm and tat > now then
-  tat = now + (tat - now) * oldRpm / rpm
+if oldRpm > 0 and (rpm ~= oldRpm or bucketAfter ~= bucketBefore) then
+  local booked = (math.max(tat, now) - now) / (60000 / oldRpm) - (bucketBefore - 1)
+  tat = math.max(now, now + (booked + bucketAfter - 1) * (60000 / rpm))
 end
 if limited then
-  local empty = now + (60000 / rpm) * tonumber(ARGV[13])
+  local empty = now + (60000 / rpm) * bucketAfter
   if tat < empty then tat = empty end
 end
 if tat ~= (tonumber(f[2]) or 0) then redis.call('HSET', KEYS[1], 'tat', tostring(tat)) end
@@ -397,6 +410,7 @@ export class LaneLimiter {
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly random: () => number;
   private readonly logger: Logger;
+  private readonly rpmCache = new Map<string, { at: number; value: Promise<number> }>();
 
   constructor(redis: Redis, queuePrefix: string, readonly options: LaneOptions, deps: LaneLimiterDeps = {}) {
     this.redis = redis as LaneRedis;
@@ -502,6 +516,29 @@ export class LaneLimiter {
     if (others.length === 0) return false;
     const exists = await this.redis.exists(...others.map((k) => this.disabledKey(k.id)));
     return exists < others.length;
+  }
+
+  /**
+   * The rate in force over every lane of a model (the sum over its API keys), calls per minute; 0 when
+   * none is paced yet (no 429, no ceiling). Read at most once per 250 ms per model and worker.
+   */
+  knownRpm(modelId: string): Promise<number> {
+    const t = this.now();
+    const hit = this.rpmCache.get(modelId);
+    if (hit && t >= hit.at && t - hit.at < 250) return hit.value;
+    const ceiling = this.ceiling(modelId) ?? 0;
+    const value = Promise.all(this.keys.map((k) => this.redis.hget(this.stateKey(modelId, k.id), 'rpm'))).then((rates) =>
+      rates.reduce((sum, raw) => {
+        const rpm = raw === null ? this.startRpm(modelId) : Number(raw);
+        return sum + (ceiling > 0 && (rpm === 0 || rpm > ceiling) ? ceiling : rpm);
+      }, 0),
+    );
+    const entry = { at: t, value };
+    this.rpmCache.set(modelId, entry);
+    value.catch(() => {
+      if (this.rpmCache.get(modelId) === entry) this.rpmCache.delete(modelId);
+    });
+    return value;
   }
 
   /** The lane ids of a model, one per API key (HealthStore's lanesOf: its breakers are per lane). */

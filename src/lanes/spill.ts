@@ -39,6 +39,21 @@ export function decideSpill(i: SpillInput): SpillDecision {
   return { spill: false, untilFirstMs, note: figures };
 }
 
+/**
+ * Sharing: whether a standard job should go to the other model FIRST, while the first model's lane
+ * still has room. A backlog that would keep the first model busy (at its known quota) longer than the
+ * other model's extra latency finishes sooner with both quotas serving it from the start; the other
+ * model's quota is lost while it idles (a provider's bucket stops filling when full), so its slots are
+ * not free, but they are used only then. Unlike spilling, sharing needs the figures: without a known
+ * rate for the first lane (no 429 announced a quota yet, no ceiling) or without latencies, a job goes
+ * to the first model as the tier says, so a small batch never pays the other model's price.
+ */
+export function decideShare(i: Omit<SpillInput, 'waitMs'>): { share: boolean; note: string } {
+  if (i.firstP50Ms === null || i.otherP50Ms === null || !(i.firstRpm > 0)) return { share: false, note: 'no latency or rate figures' };
+  const d = decideSpill({ ...i, waitMs: 0 });
+  return { share: d.spill, note: d.note };
+}
+
 function seconds(ms: number): string {
   return ms >= 10_000 ? `${Math.round(ms / 1000)} s` : `${(ms / 1000).toFixed(1)} s`;
 }

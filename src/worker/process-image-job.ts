@@ -32,7 +32,7 @@ import { cooldownJitter } from './backoff.js';
 import { UNLIMITED_BUDGETS, type BudgetGate } from '../budget/budgets.js';
 import { DEGRADED_OUTCOME, decideDegraded, degradedActionFor, describeDegradation, preferUndegraded } from './output-check.js';
 import { withLane, type LaneLease, type LaneLimiter } from '../lanes/limiter.js';
-import { decideSpill } from '../lanes/spill.js';
+import { decideShare, decideSpill } from '../lanes/spill.js';
 import type { HealthStore } from '../health/health-store.js';
 import type { BacklogReader } from '../queue/backlog.js';
 import type { AnswerGate } from './answer-gate.js';
@@ -184,6 +184,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
       // The same lanes' next slot without the herd jitter (when every lane is full, the fleet pauses until the first).
       const laneSlot = new Map<string, number>();
       let spillNote = '';
+      // The model tried first for sharing (Pro); its lane being full is no spill-over, just no room to share.
+      let sharedFirst: string | undefined;
       for (let call = 0; call < MAX_CALLS_PER_ATTEMPT; call++) {
         if (canceled()) return canceledWhileRunning();
         if (deadline !== undefined && now() >= deadline) {
@@ -220,10 +222,26 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         }
 
         // Output validation (VALUE): after a DEGRADED answer the other model goes first (output-check.ts).
-        const ranked = preferUndegraded(decision.candidates, progress.history, attempt);
+        let ranked = preferUndegraded(decision.candidates, progress.history, attempt);
+        // Sharing (spill.ts): a standard backlog longer than Nano Banana 2 clears, at its known quota,
+        // within Pro's extra latency tries Pro first, so Pro's quota serves it from the first job.
+        if (req.tier === 'standard' && deps.lanes && deps.backlog && laneFull.size === 0 && ranked[0]?.family === 'fast') {
+          const pro = ranked.find((c) => c.family === 'pro');
+          if (pro) {
+            const first = ranked[0];
+            const share = decideShare({
+              firstRpm: await deps.lanes.knownRpm(first.modelId).catch(() => 0), backlog: await deps.backlog().catch(() => 0),
+              firstP50Ms: health?.[first.modelId]?.p50 ?? null, otherP50Ms: health?.[pro.modelId]?.p50 ?? null,
+            });
+            if (share.share) {
+              sharedFirst = pro.modelId;
+              ranked = [{ ...pro, reason: `sharing the backlog with ${FAMILY_LABEL.pro} (${share.note}); ${pro.reason}` }, ...ranked.filter((c) => c !== pro)];
+            }
+          }
+        }
         const notFull = ranked.filter((c) => !laneFull.has(c.modelId));
         let candidate: Candidate = notFull[0] ?? ranked[0]!;
-        if (notFull.length > 0 && notFull.length < ranked.length) {
+        if (notFull.length > 0 && notFull.length < ranked.length && [...laneFull.keys()].some((id) => id !== sharedFirst)) {
           const full = [...laneFull.keys()].join(', ');
           candidate = { ...candidate, reason: `spill-over to ${FAMILY_LABEL[candidate.family]}: lane ${full} is full (${spillNote}); ${candidate.reason}` };
         }

@@ -120,9 +120,10 @@ describe('lane limiter: AIMD', () => {
     }
     expect(rpm).toBe(3);
 
-    // Ceiling: successes at the limit never raise the fast lane above MODEL_FAST_RPM.
-    admitted(await lim.tryAcquire(MODEL));
-    expect((await lim.tryAcquire(MODEL)).kind).toBe('refused');
+    // Ceiling: successes at the limit never raise the fast lane above MODEL_FAST_RPM. A known quota
+    // (the ceiling) is also a bucket of one quota period's calls: 30 go at once, then it paces.
+    for (let i = 0; i < 30; i++) admitted(await lim.tryAcquire(MODEL));
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', why: 'rate', waitMs: 2_000 });
     for (let i = 0; i < 5; i++) rpm = await lim.settle(first, 'succeeded');
     expect(rpm).toBe(30);
   });
@@ -214,6 +215,18 @@ describe('lane limiter: AIMD', () => {
     // The peak is over: the probe succeeds and the lane stays at the earlier quota.
     expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
     for (let i = 0; i < 3; i++) expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
+  });
+
+  it('a lane whose quota is known lets one quota period of calls through after an idle spell, as the provider does', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 0, burst: 2 });
+    expect(await lim.settle(admitted(await lim.tryAcquire(MODEL)), 'rate_limited', 20)).toBe(20);
+    // Right after the 429 the bucket is empty: one slot every 3 s.
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', waitMs: 3_000 });
+    // A minute later it is full again: 20 calls at once (not LANE_BURST's 2), then paced.
+    env.clock.t += 60_000;
+    for (let i = 0; i < 20; i++) admitted(await lim.tryAcquire(MODEL));
+    expect(await lim.tryAcquire(MODEL)).toMatchObject({ kind: 'refused', why: 'rate', waitMs: 3_000 });
   });
 
   it('an announced quota counts per LANE_RATE_WINDOW (the quota period): 10 per 4 s is 150 per minute', async () => {

@@ -2,8 +2,24 @@
  * The spill-over decision (src/lanes/spill.ts) and the shared backlog read (src/queue/backlog.ts).
  */
 import { describe, expect, it } from 'vitest';
-import { decideSpill } from '../../src/lanes/spill.js';
+import { decideShare, decideSpill } from '../../src/lanes/spill.js';
 import { createBacklogReader } from '../../src/queue/backlog.js';
+
+describe('sharing decision (the other model first, while the first lane still has room)', () => {
+  const base = { firstRpm: 150, firstP50Ms: 7_000, otherP50Ms: 13_000 };
+
+  it('shares a backlog that keeps the first model busy longer than the other model is slower', () => {
+    expect(decideShare({ ...base, backlog: 1_000 })).toEqual({ share: true, note: 'first lane in ~400 s (1000 queued at 150/min), other model 6.0 s slower at p50' });
+    // 10 queued clear in 4 s < 6 s: Nano Banana 2 first, as the tier says.
+    expect(decideShare({ ...base, backlog: 10 }).share).toBe(false);
+  });
+
+  it('never shares without the figures: an unknown quota or no latencies yet keeps a small batch off Pro prices', () => {
+    expect(decideShare({ ...base, firstRpm: 0, backlog: 1_000 }).share).toBe(false);
+    expect(decideShare({ ...base, firstP50Ms: null, backlog: 1_000 }).share).toBe(false);
+    expect(decideShare({ ...base, otherP50Ms: null, backlog: 1_000 }).share).toBe(false);
+  });
+});
 
 describe('spill-over decision', () => {
   // Nano Banana 2 at 150/min (a slot per 400 ms), p50 7 s; Pro p50 13 s: Pro answers 6 s later.
