@@ -39,6 +39,14 @@ function admitted(a: AcquireAnswer): LaneLease {
   return a.lease;
 }
 
+/** A call on MODEL's lane as soon as it has a slot: the clock moves to the slot when the lane refuses. */
+async function nextSlotCall(lim: LaneLimiter, env: { clock: { t: number } }): Promise<LaneLease> {
+  const a = await lim.tryAcquire(MODEL);
+  if (a.kind !== 'refused') return admitted(a);
+  env.clock.t += a.waitMs;
+  return admitted(await lim.tryAcquire(MODEL));
+}
+
 describe('lane limiter: GCRA admission', () => {
   it('admits at its rate and refuses beyond, answering the wait', async () => {
     const env = freshEnv();
@@ -165,11 +173,7 @@ describe('lane limiter: AIMD', () => {
     const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 10, burst: 1 });
     expect(await lim.settle(admitted(await lim.tryAcquire(MODEL)), 'rate_limited', 60)).toBe(60);
     // Saturated (refused for rate), calls succeed: the rate stays at the announced 60, not 60 + 10 per success.
-    const callAt = async (): Promise<LaneLease> => {
-      const a = await lim.tryAcquire(MODEL);
-      if (a.kind === 'refused') env.clock.t += a.waitMs;
-      return admitted(a.kind === 'refused' ? await lim.tryAcquire(MODEL) : a);
-    };
+    const callAt = () => nextSlotCall(lim, env);
     for (let i = 0; i < 3; i++) expect(await lim.settle(await callAt(), 'succeeded')).toBe(60);
     // One 429 at the announced rate within a window: a call that arrived early; the rate stays.
     expect(await lim.settle(await callAt(), 'rate_limited', 60)).toBe(60);
@@ -189,11 +193,7 @@ describe('lane limiter: AIMD', () => {
     const env = freshEnv();
     const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 1, burst: 1 });
     expect(await lim.settle(admitted(await lim.tryAcquire(MODEL)), 'rate_limited', 150)).toBe(150);
-    const callAt = async (): Promise<LaneLease> => {
-      const a = await lim.tryAcquire(MODEL);
-      if (a.kind === 'refused') env.clock.t += a.waitMs;
-      return admitted(a.kind === 'refused' ? await lim.tryAcquire(MODEL) : a);
-    };
+    const callAt = () => nextSlotCall(lim, env);
     // Peak hours: the quota drops to 45; the rate follows at once.
     env.clock.t += 1_000;
     const dropAt = env.clock.t;
