@@ -272,6 +272,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           if (claim.kind === 'probe') probeToken = claim.token;
         }
         log = log.child({ model: candidate.modelId });
+        progress.route = { family: candidate.family, model: candidate.modelId, reason: candidate.reason };
         // 3a. Lane gate (src/lanes): a dispatch slot and an API key for this model now or very soon;
         // otherwise the job waits in Redis (moveToDelayed, no attempt used), not in this worker's memory.
         const gate = deps.lanes ? await deps.lanes.acquire(candidate.modelId, String(job.id)) : undefined;
@@ -323,8 +324,9 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           throw new DelayedError();
         }
         const lease = gate?.lease;
-        // Not awaited: the call need not wait for it, and the job's later saves go out on the same
-        // connection after it (ioredis keeps a connection's commands in order).
+        // The route, saved once the call is sure to go. Not awaited: the call need not wait for it, and
+        // the job's later saves go out on the same connection after it (ioredis keeps a connection's
+        // commands in order).
         save().catch((err: unknown) => log.warn({ err: String(err) }, 'progress save failed'));
 
         // 3. Generate. The call's budget is the upstream timeout, or less when the deadline is nearer.

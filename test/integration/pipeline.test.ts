@@ -110,6 +110,9 @@ describe('pipeline', () => {
     expect(view['status']).toBe('failed');
     expect(view['error']).toMatchObject({ code: 'CONTENT_BLOCKED', retryable: false });
     expect(view['error'].message).toMatch(/rephrase/);
+    // A failed job still says where it was routed (no result to take it from).
+    expect(view['route']).toMatchObject({ family: 'pro', model: 'gemini-3-pro-image' });
+    expect(view['route'].reason).toMatch(/^premium tier/);
     expect(callsFor(p, 'e2e-block')).toHaveLength(1);
     const job = await p.queue.getJob(body['id']);
     expect(job?.attemptsMade).toBe(1);
