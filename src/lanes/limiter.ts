@@ -199,14 +199,15 @@ if announced > 0 then
     redis.call('HSET', KEYS[1], 'dropAt', now)
   end
 end
-local known = announced
-if known == 0 and (tonumber(f[9]) or -1) >= now - window then known = tonumber(f[8]) or 0 end
+-- The quota announced by this 429 or within the last window (0 = none fresh).
+local fresh = announced
+if fresh == 0 and (tonumber(f[9]) or -1) >= now - window then fresh = tonumber(f[8]) or 0 end
 if rpm == 0 then
   -- Not paced yet: nothing to raise; the first 429 starts from the announced quota, or else from the
   -- rate the lane was dispatching at.
   if not limited then return '0' end
-  if known > 0 then
-    rpm = known
+  if fresh > 0 then
+    rpm = fresh
   else
     local winCount, prevCount = tonumber(f[6]) or 0, tonumber(f[7]) or 0
     local observed = 0
@@ -230,14 +231,14 @@ elseif ARGV[2] == 'succeeded' then
   if busy and dropAt and rpm < quotaMax and quiet >= every then
     rpm = quotaMax
     redis.call('HSET', KEYS[1], 'probeAt', now)
-  elseif busy and (known == 0 or rpm < known) then
-    rpm = math.min(rpm + tonumber(ARGV[8]), known > 0 and known or math.huge)
+  elseif busy and (fresh == 0 or rpm < fresh) then
+    rpm = math.min(rpm + tonumber(ARGV[8]), fresh > 0 and fresh or math.huge)
   end
 elseif limited and tonumber(ARGV[4]) >= (tonumber(f[4]) or 0) then
-  if known > 0 and rpm > known then
-    rpm = known
+  if fresh > 0 and rpm > fresh then
+    rpm = fresh
     redis.call('HSET', KEYS[1], 'cutAt', now)
-  elseif known > 0 and tonumber(f[10]) ~= win then
+  elseif fresh > 0 and tonumber(f[10]) ~= win then
     redis.call('HSET', KEYS[1], 'graceWin', win)
   else
     rpm = rpm * tonumber(ARGV[9])
