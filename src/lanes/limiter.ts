@@ -185,6 +185,7 @@ local f = redis.call('HMGET', KEYS[1], 'rpm', 'tat', 'refusedAt', 'cutAt', 'winI
   'quotaMax', 'dropAt', 'probeAt')
 local rpm = tonumber(f[1]) or tonumber(ARGV[5])
 local oldRpm = rpm
+local probeSlot = false
 local ceiling = tonumber(ARGV[6])
 local limited = ARGV[2] == 'rate_limited'
 local quotaMax, dropAt = tonumber(f[11]) or 0, tonumber(f[12])
@@ -223,13 +224,19 @@ if rpm == 0 then
 elseif ARGV[2] == 'succeeded' then
   local busy = (tonumber(f[3]) or -1) >= now - window or (tonumber(f[2]) or 0) >= now
   -- After a drop (a lower quota announced than before: peak hours, a 429 storm), probe now and then
-  -- whether the earlier quota is back: the rate returns to it, and if the quota is still low the next
-  -- call's 429 sets it back (one 429 per probe). Probes are spaced by an eighth of the drop's age (at
-  -- least a quarter window): a short storm ends within seconds of being noticed, a long peak costs few.
+  -- whether the earlier quota is back: one call beyond the pace. Its 429 (back within a round trip)
+  -- says the quota is still low, at the cost of that one call; no 429 by the time two slots have
+  -- passed (and at least 1/60 window, a round trip) says the provider had a token to spare, and the
+  -- rate returns to the earlier quota (a 429 then sets it down to what is announced). Probes are
+  -- spaced by an eighth of the drop's age (at least a quarter window): a short storm ends within
+  -- seconds of being noticed, a long peak costs few.
+  local probeAt, quotaAt = tonumber(f[13]) or 0, tonumber(f[9]) or 0
   local every = dropAt and math.max(window / 4, (now - dropAt) / 8) or 0
-  local quiet = now - math.max(tonumber(f[13]) or 0, tonumber(f[9]) or 0)
-  if busy and dropAt and rpm < quotaMax and quiet >= every then
+  if busy and dropAt and rpm < quotaMax and probeAt > quotaAt and now - probeAt >= math.max(2 * 60000 / rpm, window / 60) then
     rpm = quotaMax
+    redis.call('HSET', KEYS[1], 'probeAt', 0)
+  elseif busy and dropAt and rpm < quotaMax and probeAt <= quotaAt and now - math.max(probeAt, quotaAt) >= every then
+    probeSlot = true
     redis.call('HSET', KEYS[1], 'probeAt', now)
   elseif busy and (fresh == 0 or rpm < fresh) then
     rpm = math.min(rpm + tonumber(ARGV[8]), fresh > 0 and fresh or math.huge)
@@ -266,6 +273,8 @@ if limited then
   local empty = now + (60000 / rpm) * bucketAfter
   if tat < empty then tat = empty end
 end
+-- A probe: one slot now, beyond the pace.
+if probeSlot then tat = math.max(now - (60000 / rpm) * (bucketAfter - 1), tat - 60000 / rpm) end
 if tat ~= (tonumber(f[2]) or 0) then redis.call('HSET', KEYS[1], 'tat', tostring(tat)) end
 redis.call('HSET', KEYS[1], 'rpm', tostring(rpm))
 redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[10]), (tonumber(redis.call('HGET', KEYS[1], 'closedUntil') or '0')) - now + 1000))

@@ -189,31 +189,33 @@ describe('lane limiter: AIMD', () => {
     expect(await lim.settle(await callAt(), 'rate_limited', 18)).toBe(18);
   });
 
-  it('after a drop in the announced quota, probes for the earlier one, spaced by an eighth of the drop\'s age', async () => {
+  it('after a drop in the announced quota, probes for the earlier one with one call, spaced by an eighth of the drop\'s age', async () => {
     const env = freshEnv();
     const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 1, burst: 1 });
     expect(await lim.settle(admitted(await lim.tryAcquire(MODEL)), 'rate_limited', 150)).toBe(150);
     const callAt = () => nextSlotCall(lim, env);
-    // Peak hours: the quota drops to 45; the rate follows at once.
+    // Peak hours: the quota drops to 45 (a slot every 1333 ms); the rate follows at once.
     env.clock.t += 1_000;
     const dropAt = env.clock.t;
     expect(await lim.settle(await callAt(), 'rate_limited', 45)).toBe(45);
     // Within a quarter window (15 s) of the last 429, successes leave it at 45.
     while (env.clock.t < dropAt + 14_000) expect(await lim.settle(await callAt(), 'succeeded')).toBe(45);
-    // After it, the next success probes: the rate returns to 150...
+    // After it, a success opens one probe slot beyond the pace: a call is admitted at once.
     env.clock.t = dropAt + 15_000;
-    expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
-    // ...and the quota still being 45, the next call's 429 sets it back, without a cut below 45.
-    expect(await lim.settle(await callAt(), 'rate_limited', 45)).toBe(45);
-    // Four minutes into the drop, probes are 30 s apart (an eighth of 240 s): none 20 s after that 429.
-    env.clock.t = dropAt + 240_000;
-    expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
-    expect(await lim.settle(await callAt(), 'rate_limited', 45)).toBe(45);
-    env.clock.t += 20_000;
     expect(await lim.settle(await callAt(), 'succeeded')).toBe(45);
-    env.clock.t += 20_000;
-    // The peak is over: the probe succeeds and the lane stays at the earlier quota.
+    const probe = await lim.tryAcquire(MODEL);
+    expect(probe.kind).toBe('admitted');
+    // The quota still being 45, the probe is answered 429: one wasted call, the rate stays.
+    expect(await lim.settle(admitted(probe), 'rate_limited', 45)).toBe(45);
+    expect(await lim.settle(await callAt(), 'succeeded')).toBe(45);
+    // The peak is over: the next probe call gets no 429, and once two slots pass without one the
+    // lane returns to the earlier quota.
+    env.clock.t = dropAt + 40_000;
+    expect(await lim.settle(await callAt(), 'succeeded')).toBe(45);
+    const lucky = admitted(await lim.tryAcquire(MODEL));
+    env.clock.t += 2_700;
     expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
+    expect(await lim.settle(lucky, 'succeeded')).toBe(150);
     for (let i = 0; i < 3; i++) expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
   });
 
