@@ -33,6 +33,7 @@ import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { Config } from '../config/env.js';
 import type { BreakerState, ModelHealth } from '../routing/router.js';
+import { SharedRead } from '../state/shared-read.js';
 import { latencyBucket, quantile } from './latency-histogram.js';
 
 /** Outcomes that count as a failure for the failure rate and the breaker. */
@@ -254,9 +255,8 @@ export class HealthStore {
   private readonly prefix: string;
   readonly settings: HealthSettings;
 
-  /** The last snapshot (or the one being read), shared by callers within `snapshotCacheMs`. */
-  private cached: { ids: string; at: number; value: Promise<Record<string, ModelHealthSnapshot>> } | undefined;
-  private readonly snapshotCacheMs: number;
+  /** The last snapshot per set of model ids (or the one being read), shared by callers within `snapshotCacheMs`. */
+  private readonly snapshots: SharedRead<Record<string, ModelHealthSnapshot>>;
   /** The lane ids of a model (src/lanes: one per API key); without lanes, the model id alone. */
   private readonly lanesOf: (modelId: string) => readonly string[];
   private readonly queuePrefix: string;
@@ -272,7 +272,7 @@ export class HealthStore {
      */
     opts: { snapshotCacheMs?: number; lanesOf?: (modelId: string) => readonly string[] } = {},
   ) {
-    this.snapshotCacheMs = opts.snapshotCacheMs ?? 0;
+    this.snapshots = new SharedRead(opts.snapshotCacheMs ?? 0);
     this.lanesOf = opts.lanesOf ?? ((modelId) => [modelId]);
     this.queuePrefix = config.QUEUE_PREFIX;
     this.prefix = `${config.QUEUE_PREFIX}:pm`;
@@ -298,7 +298,7 @@ export class HealthStore {
    * Returns the breaker's state after the call.
    */
   async recordOutcome(modelId: string, call: CallOutcome, now: number, laneId: string = modelId): Promise<{ breaker: 'closed' | 'open'; consecutiveFailures: number }> {
-    this.cached = undefined; // this worker's own news is seen at once
+    this.snapshots.forget(); // this worker's own news is seen at once
     const { bucketMs, windowMs } = this.settings;
     const bucket = Math.floor(now / bucketMs);
     const isFailure = FAILURE_OUTCOMES.has(call.outcome);
@@ -332,16 +332,7 @@ export class HealthStore {
 
   /** The health of each model id (and of its lanes' breakers) at `now`. One round trip (or none, cached). */
   snapshot(modelIds: readonly string[], now: number): Promise<Record<string, ModelHealthSnapshot>> {
-    if (this.snapshotCacheMs <= 0) return this.readSnapshot(modelIds, now);
-    const ids = modelIds.join(',');
-    const c = this.cached;
-    if (c && c.ids === ids && now >= c.at && now - c.at < this.snapshotCacheMs) return c.value;
-    const value = this.readSnapshot(modelIds, now);
-    this.cached = { ids, at: now, value };
-    value.catch(() => {
-      if (this.cached?.value === value) this.cached = undefined;
-    });
-    return value;
+    return this.snapshots.get(modelIds.join(','), () => this.readSnapshot(modelIds, now), now);
   }
 
   private async readSnapshot(modelIds: readonly string[], now: number): Promise<Record<string, ModelHealthSnapshot>> {

@@ -40,10 +40,22 @@ import type { Config } from '../config/env.js';
 import { silentLogger, type Logger } from '../logging/logger.js';
 import type { ModelFamily } from '../models/catalogue.js';
 import { breakerKey } from '../health/health-store.js';
+import { SharedRead } from '../state/shared-read.js';
 import { geminiApiKeys, keyId, laneId } from './keys.js';
 
+/**
+ * A lane's bucket (GCRA burst), shared by the admission and the settling scripts: one quota period's
+ * calls of the known quota (announced by a 429, else the operator ceiling), at least LANE_BURST; as
+ * the provider's own bucket, after an idle spell that many go through at once.
+ */
+const BUCKET_OF_LUA = `
+local function bucketOf(quota, burst, window)
+  return math.max(burst, math.floor(quota * window / 60000))
+end
+`;
+
 /** GCRA admission over every lane of one model; picks the lane with the earliest free slot. */
-const ACQUIRE_LUA = `
+const ACQUIRE_LUA = `${BUCKET_OF_LUA}
 -- KEYS  (4 per lane, lane i = 1..n):
 --   KEYS[4i-3]  lane state hash (rpm, tat, closedUntil, refusedAt, cutAt, winId, winCount, prevCount)
 --   KEYS[4i-2]  lane in-flight sorted set (lease id scored by lease expiry, epoch ms)
@@ -84,10 +96,7 @@ for i = 1, #KEYS / 4 do
     if ceiling > 0 and (rpm == 0 or rpm > ceiling) then rpm = ceiling end
     local interval = 0
     if rpm > 0 then interval = 60000 / rpm end
-    -- A known quota (announced by a 429, else the operator ceiling) is a bucket of one quota period's
-    -- calls: after an idle spell the provider lets that many through at once, and so does the lane.
-    local known = tonumber(f[4]) or ceiling
-    local laneBurst = math.max(burst, math.floor(known * tonumber(ARGV[10]) / 60000))
+    local laneBurst = bucketOf(tonumber(f[4]) or ceiling, burst, tonumber(ARGV[10]))
     local tat = math.max(tonumber(f[1]) or 0, now)
     local at = tat - interval * (laneBurst - 1)
     local why = 'rate'
@@ -145,7 +154,7 @@ return {1, best, 0, '', tostring(bestRpm), math.ceil(interval), 0}
 `;
 
 /** Release a lease and feed the outcome back into the lane's rate (AIMD). */
-const SETTLE_LUA = `
+const SETTLE_LUA = `${BUCKET_OF_LUA}
 -- KEYS
 --   KEYS[1]  lane state hash
 --   KEYS[2]  lane in-flight sorted set
@@ -254,13 +263,12 @@ elseif limited and tonumber(ARGV[4]) >= (tonumber(f[4]) or 0) then
 end
 if ceiling > 0 and rpm > ceiling then rpm = ceiling end
 if rpm < tonumber(ARGV[7]) then rpm = tonumber(ARGV[7]) end
--- The bucket: one quota period of the known quota (announced, else the ceiling), at least LANE_BURST;
--- the same size as the admission's (ACQUIRE_LUA), before and after this answer's news.
+-- The bucket (bucketOf, as the admission's) before and after this answer's news.
 local quotaBefore = tonumber(f[8]) or ceiling
 local quotaAfter = quotaBefore
 if announced > 0 then quotaAfter = announced end
-local bucketBefore = math.max(tonumber(ARGV[13]), math.floor(quotaBefore * window / 60000))
-local bucketAfter = math.max(tonumber(ARGV[13]), math.floor(quotaAfter * window / 60000))
+local bucketBefore = bucketOf(quotaBefore, tonumber(ARGV[13]), window)
+local bucketAfter = bucketOf(quotaAfter, tonumber(ARGV[13]), window)
 -- The schedule ahead of now was booked at the old interval and bucket: keep the number of slots
 -- booked beyond the bucket, not the schedule's length, so a rate that rises takes effect at once
 -- (and a cut pushes it out); a bucket that grows starts with the calls it had, not full.
@@ -420,7 +428,8 @@ export class LaneLimiter {
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly random: () => number;
   private readonly logger: Logger;
-  private readonly rpmCache = new Map<string, { at: number; value: Promise<number> }>();
+  /** knownRpm's reads, shared for 250 ms per model. */
+  private readonly rates: SharedRead<number>;
 
   constructor(redis: Redis, queuePrefix: string, readonly options: LaneOptions, deps: LaneLimiterDeps = {}) {
     this.redis = redis as LaneRedis;
@@ -431,6 +440,7 @@ export class LaneLimiter {
     this.sleep = deps.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
     this.random = deps.random ?? Math.random;
     this.logger = deps.logger ?? silentLogger();
+    this.rates = new SharedRead(250, this.now);
     redis.defineCommand('pmLaneAcquire', { lua: ACQUIRE_LUA });
     redis.defineCommand('pmLaneSettle', { numberOfKeys: 2, lua: SETTLE_LUA });
     redis.defineCommand('pmLaneClose', { lua: CLOSE_LUA });
@@ -533,22 +543,10 @@ export class LaneLimiter {
    * none is paced yet (no 429, no ceiling). Read at most once per 250 ms per model and worker.
    */
   knownRpm(modelId: string): Promise<number> {
-    const t = this.now();
-    const hit = this.rpmCache.get(modelId);
-    if (hit && t >= hit.at && t - hit.at < 250) return hit.value;
-    const ceiling = this.ceiling(modelId) ?? 0;
-    const value = Promise.all(this.keys.map((k) => this.redis.hget(this.stateKey(modelId, k.id), 'rpm'))).then((rates) =>
-      rates.reduce((sum, raw) => {
-        const rpm = raw === null ? this.startRpm(modelId) : Number(raw);
-        return sum + (ceiling > 0 && (rpm === 0 || rpm > ceiling) ? ceiling : rpm);
-      }, 0),
-    );
-    const entry = { at: t, value };
-    this.rpmCache.set(modelId, entry);
-    value.catch(() => {
-      if (this.rpmCache.get(modelId) === entry) this.rpmCache.delete(modelId);
+    return this.rates.get(modelId, async () => {
+      const rates = await Promise.all(this.keys.map((k) => this.redis.hget(this.stateKey(modelId, k.id), 'rpm')));
+      return rates.reduce((sum, raw) => sum + this.rateInForce(modelId, raw), 0);
     });
-    return value;
   }
 
   /** The lane ids of a model, one per API key (HealthStore's lanesOf: its breakers are per lane). */
@@ -571,8 +569,7 @@ export class LaneLimiter {
       const [rpmRaw, closedRaw, closedReason] = res[3 * i]?.[1] as (string | null)[];
       const disabled = res[3 * i + 2]?.[1] as string | null;
       const ceiling = this.ceiling(modelId);
-      const learned = rpmRaw !== null && rpmRaw !== undefined ? Number(rpmRaw) : this.startRpm(modelId);
-      const inForce = ceiling !== undefined && (learned === 0 || learned > ceiling) ? ceiling : learned;
+      const inForce = this.rateInForce(modelId, rpmRaw ?? null);
       const closedUntil = Number(closedRaw ?? 0);
       return {
         lane: laneId(modelId, k.id), model: modelId, keyId: k.id,
@@ -583,6 +580,13 @@ export class LaneLimiter {
         ...(disabled !== null && disabled !== undefined ? { keyDisabled: disabled } : {}),
       };
     });
+  }
+
+  /** A lane's rate in force from its stored rpm (null = none yet): learned or starting, clamped to the ceiling; 0 = unpaced. */
+  private rateInForce(modelId: string, rpmRaw: string | null): number {
+    const ceiling = this.ceiling(modelId);
+    const learned = rpmRaw !== null ? Number(rpmRaw) : this.startRpm(modelId);
+    return ceiling !== undefined && (learned === 0 || learned > ceiling) ? ceiling : learned;
   }
 
   private ceiling(modelId: string): number | undefined {

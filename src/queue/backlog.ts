@@ -5,6 +5,7 @@
  * per interval, not one per job. An estimate by design: it may be `cacheMs` old.
  */
 import type { Queue } from 'bullmq';
+import { SharedRead } from '../state/shared-read.js';
 
 export type BacklogReader = () => Promise<number>;
 
@@ -12,19 +13,9 @@ export function createBacklogReader(
   queue: Pick<Queue, 'getJobCounts'>,
   opts: { cacheMs?: number; now?: () => number } = {},
 ): BacklogReader {
-  const cacheMs = opts.cacheMs ?? 250;
-  const now = opts.now ?? Date.now;
-  let cached: { at: number; value: Promise<number> } | undefined;
-  return () => {
-    const t = now();
-    if (cached && t >= cached.at && t - cached.at < cacheMs) return cached.value;
-    const value = queue.getJobCounts('waiting', 'prioritized', 'delayed').then((c) => (c['waiting'] ?? 0) + (c['prioritized'] ?? 0) + (c['delayed'] ?? 0));
-    const entry = { at: t, value };
-    cached = entry;
-    // A failed read is not kept: the next caller tries again.
-    value.catch(() => {
-      if (cached === entry) cached = undefined;
-    });
-    return value;
-  };
+  const shared = new SharedRead<number>(opts.cacheMs ?? 250, opts.now);
+  return () =>
+    shared.get('', () =>
+      queue.getJobCounts('waiting', 'prioritized', 'delayed').then((c) => (c['waiting'] ?? 0) + (c['prioritized'] ?? 0) + (c['delayed'] ?? 0)),
+    );
 }

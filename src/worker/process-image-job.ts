@@ -180,9 +180,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
 
       // Lanes found full in this attempt (model id → when the next slot opens): a standard job spills over
       // to the tier's other model instead of waiting, so both models' quotas serve the backlog.
-      const laneFull = new Map<string, number>();
-      // The same lanes' next slot without the herd jitter (when every lane is full, the fleet pauses until the first).
-      const laneSlot = new Map<string, number>();
+      // untilMs carries the herd jitter (a job delayed in Redis); slotAt is the slot itself (a fleet-wide pause).
+      const laneFull = new Map<string, { untilMs: number; slotAt: number }>();
       let spillNote = '';
       // The model tried first for sharing (Pro); its lane being full is no spill-over, just no room to share.
       let sharedFirst: string | undefined;
@@ -229,9 +228,10 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           const pro = ranked.find((c) => c.family === 'pro');
           if (pro) {
             const first = ranked[0];
+            // Both reads are shared per worker for 250 ms (one round trip for hundreds of jobs).
+            const [firstRpm, backlog] = await Promise.all([deps.lanes.knownRpm(first.modelId).catch(() => 0), deps.backlog().catch(() => 0)]);
             const share = decideShare({
-              firstRpm: await deps.lanes.knownRpm(first.modelId).catch(() => 0), backlog: await deps.backlog().catch(() => 0),
-              firstP50Ms: health?.[first.modelId]?.p50 ?? null, otherP50Ms: health?.[pro.modelId]?.p50 ?? null,
+              firstRpm, backlog, firstP50Ms: health?.[first.modelId]?.p50 ?? null, otherP50Ms: health?.[pro.modelId]?.p50 ?? null,
             });
             if (share.share) {
               sharedFirst = pro.modelId;
@@ -282,8 +282,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         if (gate?.kind === 'wait') {
           // Spill-over (standard tier only: draft never pays Pro prices, premium never downgrades for speed),
           // unless the first lane reaches this job sooner than the other model's extra latency (spill.ts).
-          laneFull.set(candidate.modelId, gate.untilMs);
-          laneSlot.set(candidate.modelId, now() + gate.waitMs);
+          const slot = { untilMs: gate.untilMs, slotAt: now() + gate.waitMs };
+          laneFull.set(candidate.modelId, slot);
           let waitReason = gate.reason;
           const other = req.tier === 'standard' ? ranked.find((c) => !laneFull.has(c.modelId)) : undefined;
           if (other) {
@@ -297,11 +297,10 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
             }
             // Waiting for the first model is quicker: keep its slot time only.
             laneFull.clear();
-            laneFull.set(candidate.modelId, gate.untilMs);
-            laneSlot.clear();
+            laneFull.set(candidate.modelId, slot);
             waitReason += `; not spilled: ${spill.note}`;
           }
-          const nextSlot = Math.min(...laneFull.values());
+          const nextSlot = Math.min(...[...laneFull.values()].map((f) => f.untilMs));
           if (deadline !== undefined && nextSlot >= deadline) {
             return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} comes before a dispatch slot (${waitReason})`));
           }
@@ -310,8 +309,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           // Rather than each worker taking job after job only to put it back (a worker at 100 % CPU
           // churning a backlog through Redis), the fleet stops taking jobs until then; this job goes
           // back to the queue where it was (its priority and position kept, no attempt used).
-          const pauseMs = Math.min(MAX_FETCH_PAUSE_MS, Math.ceil(Math.min(...laneSlot.values()) - now()));
-          const full = new Set([...laneSlot.keys()].map(familyOf));
+          const pauseMs = Math.min(MAX_FETCH_PAUSE_MS, Math.ceil(Math.min(...[...laneFull.values()].map((f) => f.slotAt)) - now()));
+          const full = new Set([...laneFull.keys()].map(familyOf));
           if (deps.pauseFetching && pauseMs > 0 && full.has('fast') && full.has('pro')) {
             await deps.pauseFetching(pauseMs);
             log.debug({ pauseMs, reason: waitReason }, 'every lane full: the fleet pauses taking jobs');

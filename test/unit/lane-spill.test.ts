@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { decideShare, decideSpill } from '../../src/lanes/spill.js';
 import { createBacklogReader } from '../../src/queue/backlog.js';
+import { SharedRead } from '../../src/state/shared-read.js';
 
 describe('sharing decision (the other model first, while the first lane still has room)', () => {
   const base = { firstRpm: 150, firstP50Ms: 7_000, otherP50Ms: 13_000 };
@@ -81,5 +82,21 @@ describe('backlog reader', () => {
     fail = false;
     expect(await backlog()).toBe(37);
     expect(reads).toBe(3);
+  });
+});
+
+describe('SharedRead (the one shared-read mechanism of the backlog, health snapshots and lane rates)', () => {
+  it('shares per key, honours the caller\'s clock, reads every time at 0 ms, and forgets on demand', async () => {
+    let reads = 0;
+    const read = async () => ++reads;
+    const shared = new SharedRead<number>(100, () => 0);
+    expect(await Promise.all([shared.get('a', read), shared.get('a', read), shared.get('b', read)])).toEqual([1, 1, 2]);
+    expect(await shared.get('a', read, 99)).toBe(1);
+    expect(await shared.get('a', read, 100)).toBe(3);
+    shared.forget();
+    expect(await shared.get('a', read, 100)).toBe(4);
+    const always = new SharedRead<number>(0);
+    await always.get('a', read);
+    expect(await always.get('a', read)).toBe(6);
   });
 });
