@@ -195,6 +195,8 @@ export const configSchema = z
     LANE_BURST: intFromEnv(1, 10_000).default(5),
     LANE_MAX_INFLIGHT: intFromEnv(1, 1_000_000).optional(),
     LANE_MAX_HOLD_MS: intFromEnv(0, 60_000).default(250),
+    /** The share of a worker's slots standard jobs may hold on Pro before Nano Banana 2 refuses them (0 = none). */
+    LANE_SHARE_SLOTS: z.coerce.number({ message: 'must be a number' }).min(0).max(1).default(0.25),
     LANE_AUTH_DISABLE_TTL: durationMs.default(3_600_000),
 
     // Model health and circuit breakers (issue 4 §2, src/health/)

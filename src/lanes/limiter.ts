@@ -27,7 +27,8 @@
  *   lane:{model}@{keyId}           hash: rpm, tat, closedUntil, closedReason, refusedAt, cutAt,
  *                                  winId, winCount, prevCount (admissions this rate window and the last),
  *                                  quota, quotaAt (the last announced quota, rpm), graceWin, quotaMax,
- *                                  dropAt, probeAt (the highest quota announced, since when it is lower, last probe)
+ *                                  dropAt, probeAt (the highest quota announced, since when it is lower, last probe),
+ *                                  savedCalls, recoveredAt (calls to let through once a recovery holds)
  *   lane:{model}@{keyId}:inflight  zset: lease id → expiry (epoch ms)
  *   apikey:{keyId}:disabled        string: why the key was refused; PX LANE_AUTH_DISABLE_TTL
  *
@@ -174,7 +175,8 @@ const SETTLE_LUA = `${BUCKET_OF_LUA}
 --   ARGV[13] burst (LANE_BURST)
 -- An announced quota is the lane's real ceiling: the rate is set to it (never cut below it for the
 -- same news), and the increase stops at it while it is fresh (announced within the last rate window);
--- after a quiet window the lane probes above it again, since quotas also rise (the end of peak hours).
+-- after a quiet window the lane probes above it again, since quotas also rise: a lane that first met
+-- its quota at peak hours has no earlier quota to probe for (see the drop probes below).
 -- Increase only while the limiter holds calls back (a refusal for rate in the last window, or the
 -- schedule running ahead of now): a lane that is idle or held back by its in-flight cap learns nothing.
 -- Decrease at most once per round: a 429 to a call acquired before the last cut does not cut again.
@@ -191,12 +193,20 @@ local window = tonumber(ARGV[11])
 local win = math.floor(now / window)
 local announced = tonumber(ARGV[12]) or 0
 local f = redis.call('HMGET', KEYS[1], 'rpm', 'tat', 'refusedAt', 'cutAt', 'winId', 'winCount', 'prevCount', 'quota', 'quotaAt', 'graceWin',
-  'quotaMax', 'dropAt', 'probeAt')
+  'quotaMax', 'dropAt', 'probeAt', 'savedCalls', 'recoveredAt')
 local rpm = tonumber(f[1]) or tonumber(ARGV[5])
 local oldRpm = rpm
 local probeSlot = false
+-- A probe found the earlier quota back; catchUp: calls to let through at once (the tokens the provider saved).
+local recovered, catchUp = false, 0
+local savedCalls = tonumber(f[14]) or 0
 local ceiling = tonumber(ARGV[6])
 local limited = ARGV[2] == 'rate_limited'
+-- Any 429 calls off a catch-up still waiting for its recovery to hold.
+if limited and savedCalls > 0 then
+  savedCalls = 0
+  redis.call('HDEL', KEYS[1], 'savedCalls', 'recoveredAt')
+end
 local quotaMax, dropAt = tonumber(f[11]) or 0, tonumber(f[12])
 if announced > 0 then
   redis.call('HSET', KEYS[1], 'quota', tostring(announced), 'quotaAt', now)
@@ -239,16 +249,34 @@ elseif ARGV[2] == 'succeeded' then
   -- rate returns to the earlier quota (a 429 then sets it down to what is announced). Probes are
   -- spaced by an eighth of the drop's age (at least a quarter window): a short storm ends within
   -- seconds of being noticed, a long peak costs few.
+  -- The quota came back somewhere between the last 429 and the probe; from then on the provider's
+  -- bucket filled at the earlier quota while the lane paced at the lower one. Paced at exactly the
+  -- quota, the lane would never use those saved calls, so they go out at once (taking the midpoint as
+  -- the moment it came back), but only once the earlier rate has held for a moment without a 429:
+  -- a probe also gets through when the provider merely had one token to spare, and that false news
+  -- must cost a 429 or two at the earlier rate, not a burst of them.
   local probeAt, quotaAt = tonumber(f[13]) or 0, tonumber(f[9]) or 0
   local every = dropAt and math.max(window / 4, (now - dropAt) / 8) or 0
-  if busy and dropAt and rpm < quotaMax and probeAt > quotaAt and now - probeAt >= math.max(2 * 60000 / rpm, window / 60) then
+  local recoveredAt = tonumber(f[15]) or 0
+  if savedCalls > 0 and quotaAt <= recoveredAt and now - recoveredAt >= math.max(4 * 60000 / rpm, window / 30) then
+    catchUp = savedCalls
+    redis.call('HDEL', KEYS[1], 'savedCalls', 'recoveredAt')
+  elseif busy and dropAt and rpm < quotaMax and probeAt > quotaAt and now - probeAt >= math.max(2 * 60000 / rpm, window / 60) then
+    local saved = math.floor((quotaMax - rpm) * math.max(0, now - (quotaAt + probeAt) / 2) / 60000)
     rpm = quotaMax
-    redis.call('HSET', KEYS[1], 'probeAt', 0)
+    recovered = true
+    redis.call('HSET', KEYS[1], 'probeAt', 0, 'quota', tostring(quotaMax), 'quotaAt', now, 'savedCalls', saved, 'recoveredAt', now)
+    redis.call('HDEL', KEYS[1], 'dropAt')
   elseif busy and dropAt and rpm < quotaMax and probeAt <= quotaAt and now - math.max(probeAt, quotaAt) >= every then
     probeSlot = true
     redis.call('HSET', KEYS[1], 'probeAt', now)
   elseif busy and (fresh == 0 or rpm < fresh) then
-    rpm = math.min(rpm + tonumber(ARGV[8]), fresh > 0 and fresh or math.huge)
+    -- A lane that has heard a quota before (not within the window) climbs by a tenth per success, not
+    -- by a step: overshooting costs one 429, which names the quota again. A lane that first met its
+    -- quota at peak hours (no earlier one to probe for) finds the off-peak one within a few dozen calls.
+    local step = tonumber(ARGV[8])
+    if fresh == 0 and (tonumber(f[8]) or 0) > 0 then step = math.max(step, rpm / 10) end
+    rpm = math.min(rpm + step, fresh > 0 and fresh or math.huge)
   end
 elseif limited and tonumber(ARGV[4]) >= (tonumber(f[4]) or 0) then
   if fresh > 0 and rpm > fresh then
@@ -267,6 +295,7 @@ if rpm < tonumber(ARGV[7]) then rpm = tonumber(ARGV[7]) end
 local quotaBefore = tonumber(f[8]) or ceiling
 local quotaAfter = quotaBefore
 if announced > 0 then quotaAfter = announced end
+if recovered then quotaAfter = quotaMax end
 local bucketBefore = bucketOf(quotaBefore, tonumber(ARGV[13]), window)
 local bucketAfter = bucketOf(quotaAfter, tonumber(ARGV[13]), window)
 -- The schedule ahead of now was booked at the old interval and bucket: keep the number of slots
@@ -281,6 +310,7 @@ if limited then
   local empty = now + (60000 / rpm) * bucketAfter
   if tat < empty then tat = empty end
 end
+if catchUp > 0 then tat = math.min(tat, now + (bucketAfter - math.min(catchUp, bucketAfter)) * (60000 / rpm)) end
 -- A probe: one slot now, beyond the pace.
 if probeSlot then tat = math.max(now - (60000 / rpm) * (bucketAfter - 1), tat - 60000 / rpm) end
 if tat ~= (tonumber(f[2]) or 0) then redis.call('HSET', KEYS[1], 'tat', tostring(tat)) end

@@ -23,6 +23,17 @@ export const ASPECT_RATIOS = [
 ] as const;
 export type AspectRatio = (typeof ASPECT_RATIOS)[number];
 
+/**
+ * Measured generation latency (seconds, off-peak; Nano Banana 2 takes about twice as long at peak),
+ * from the seeds' "Actual" table (../shared/seeds): the simulator draws from these ranges, and a
+ * worker uses their upper ends as p95 until its health window has measured figures. Pro has no 512
+ * tier; the seeds still measured 8-12 s for its smallest output.
+ */
+export const LATENCY_SECONDS: Record<ModelFamily, Record<ImageSize, readonly [number, number]>> = {
+  fast: { '512': [3, 5], '1K': [5, 10], '2K': [10, 25], '4K': [20, 60] },
+  pro: { '512': [8, 12], '1K': [10, 20], '2K': [20, 35], '4K': [30, 60] },
+};
+
 /** Ratios only Nano Banana 2 renders. */
 export const FAST_ONLY_RATIOS: readonly AspectRatio[] = ['1:4', '4:1', '1:8', '8:1'];
 /** Sizes only Nano Banana 2 renders. */

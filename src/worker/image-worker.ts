@@ -100,9 +100,11 @@ export function startImageWorker(config: Config, deps: Partial<ImageWorkerDeps> 
     budgets: new RedisBudgets(stateConnection, config, { now, logger }),
     // Jobs waiting, shared for 250 ms: whether a standard job spills to the other model (src/lanes/spill.ts).
     backlog: createBacklogReader(backlogQueue, { now }),
+    // Up to LANE_SHARE_SLOTS of this worker's slots on Pro for a standard backlog, from its first job (spill.ts).
+    sharing: { concurrency, maxSlots: Math.floor(config.LANE_SHARE_SLOTS * concurrency) },
     // At most WORKER_MAX_PENDING_UPLOADS answers read and held until stored, whatever the concurrency.
     answerGate: new AnswerGate(config.WORKER_MAX_PENDING_UPLOADS),
-    // A burst of job starts (hundreds fetched at once) runs 16 per event-loop turn, not all in one.
+    // A burst of job starts (hundreds fetched at once) runs 2 per event-loop turn, not all in one.
     pacer: new TurnPacer(2),
     // Every lane full: the whole fleet stops taking jobs until the next slot (BullMQ's queue-wide rate limit).
     pauseFetching: (ms) => backlogQueue.rateLimit(ms),

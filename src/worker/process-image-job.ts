@@ -21,7 +21,7 @@ import {
   appendHistory, readProgress, storedJobDataSchema, type HistoryEntry, type JobProgress, type JobResult, type StoredJobData, type Usage,
 } from '../jobs/record.js';
 import type { Logger } from '../logging/logger.js';
-import { FAMILY_LABEL, pixelSize, supports, type ModelFamily } from '../models/catalogue.js';
+import { FAMILY_LABEL, LATENCY_SECONDS, pixelSize, supports, type ModelFamily } from '../models/catalogue.js';
 import { costFromUsage } from '../models/pricing.js';
 import type { GeneratedImage, ImageGenerator } from '../providers/gemini/types.js';
 import { runTerminalHooks, type TerminalHook } from '../jobs/terminal.js';
@@ -73,6 +73,11 @@ export interface ImageJobDeps {
   health?: HealthStore;
   /** Jobs waiting in the queue (src/queue/backlog.ts), for the spill-over decision; absent = always spill. */
   backlog?: BacklogReader;
+  /**
+   * Sharing a standard backlog with Pro from the start (spill.ts decideShare): this worker's slots, and
+   * how many of them may be on Pro through sharing at once (LANE_SHARE_SLOTS). Absent = no sharing.
+   */
+  sharing?: { concurrency: number; maxSlots: number };
   /** Bounds the images held between a 200 and their upload (answer-gate.ts); absent = no bound. */
   answerGate?: AnswerGate;
   /** Spreads job starts and upstream requests over event-loop turns (turn-pacer.ts); absent = no pacing. */
@@ -98,6 +103,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
   const familyOf = (id: string): ModelFamily => (config.MODEL_PRO.includes(id) ? 'pro' : 'fast');
   /** A turn of the pacer weighted by an answer's size (a 4K answer is many 1K units and goes alone). */
   const paceBySize = async (size: number): Promise<void> => deps.pacer?.turn(Math.max(1, Math.ceil(size / PARSE_UNIT_CHARS)));
+  /** This worker's calls on Pro through sharing, now (bounded by deps.sharing.maxSlots). */
+  let sharedInFlight = 0;
 
   return async function processImageJob(job: Job, token?: string, signal?: AbortSignal): Promise<JobResult> {
     await deps.pacer?.turn();
@@ -158,9 +165,17 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
     /** An aborted call: a cancellation ends the job as CANCELED; a shutdown hands it back. */
     const stopped = (): Promise<never> =>
       canceled() ? canceledWhileRunning() : released(job, token, progress, log);
+    // A slot of this worker's Pro share (deps.sharing), held from the decision to share until the call
+    // ends, so that jobs deciding at the same moment do not all take the same free share.
+    let shareHeld = false;
+    const releaseShare = (): void => {
+      if (shareHeld) sharedInFlight -= 1;
+      shareHeld = false;
+    };
     try {
       return await run();
     } finally {
+      releaseShare();
       answerSlot?.release();
       link.dispose();
     }
@@ -186,6 +201,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
       // The model tried first for sharing (Pro); its lane being full is no spill-over, just no room to share.
       let sharedFirst: string | undefined;
       for (let call = 0; call < MAX_CALLS_PER_ATTEMPT; call++) {
+        releaseShare(); // every round decides anew
         if (canceled()) return canceledWhileRunning();
         if (deadline !== undefined && now() >= deadline) {
           return fail(new PixelmillError('DEADLINE_EXCEEDED', `the deadline ${req.deadline} passed after ${progress.history.length} call(s)`));
@@ -224,17 +240,21 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         let ranked = preferUndegraded(decision.candidates, progress.history, attempt);
         // Sharing (spill.ts): a standard backlog longer than Nano Banana 2 clears, at its known quota,
         // within Pro's extra latency tries Pro first, so Pro's quota serves it from the first job.
-        if (req.tier === 'standard' && deps.lanes && deps.backlog && laneFull.size === 0 && ranked[0]?.family === 'fast') {
+        if (req.tier === 'standard' && deps.lanes && deps.backlog && deps.sharing && laneFull.size === 0 && ranked[0]?.family === 'fast') {
           const pro = ranked.find((c) => c.family === 'pro');
           if (pro) {
             const first = ranked[0];
             // Both reads are shared per worker for 250 ms (one round trip for hundreds of jobs).
             const [firstRpm, backlog] = await Promise.all([deps.lanes.knownRpm(first.modelId).catch(() => 0), deps.backlog().catch(() => 0)]);
             const share = decideShare({
-              firstRpm, backlog, firstP50Ms: health?.[first.modelId]?.p50 ?? null, otherP50Ms: health?.[pro.modelId]?.p50 ?? null,
+              firstRpm, backlog, firstP95Ms: health?.[first.modelId]?.p95 ?? null, otherP95Ms: health?.[pro.modelId]?.p95 ?? null,
+              typicalFirstP95Ms: LATENCY_SECONDS.fast[req.size][1] * 1000, typicalOtherP95Ms: LATENCY_SECONDS.pro[req.size][1] * 1000,
+              concurrency: deps.sharing.concurrency, sharedInFlight, maxShared: deps.sharing.maxSlots,
             });
             if (share.share) {
               sharedFirst = pro.modelId;
+              sharedInFlight += 1;
+              shareHeld = true;
               ranked = [{ ...pro, reason: `sharing the backlog with ${FAMILY_LABEL.pro} (${share.note}); ${pro.reason}` }, ...ranked.filter((c) => c !== pro)];
             }
           }
@@ -289,7 +309,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           if (other) {
             const spill = decideSpill({
               waitMs: gate.waitMs, firstRpm: gate.rpm, backlog: deps.backlog ? await deps.backlog().catch(() => Infinity) : Infinity,
-              firstP50Ms: health?.[candidate.modelId]?.p50 ?? null, otherP50Ms: health?.[other.modelId]?.p50 ?? null,
+              firstP95Ms: health?.[candidate.modelId]?.p95 ?? null, otherP95Ms: health?.[other.modelId]?.p95 ?? null,
             });
             if (spill.spill) {
               spillNote = spill.note;
@@ -333,6 +353,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         await deps.pacer?.turn(); // opening a socket and writing the request: one of perTurn this turn
         const started = now();
         let image: GeneratedImage;
+        if (candidate.modelId !== sharedFirst) releaseShare(); // Pro's lane was full: no share taken
         try {
           const call = candidate;
           // VALUE: `around` settles the budget reservation with the call's actual cost (success or not).
@@ -368,6 +389,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
             throw e; // BullMQ retries after the backoff (consumes an attempt) or fails when none are left
           }
           return fail(e);
+        } finally {
+          releaseShare();
         }
 
         // Recorded while the image is being checked and stored; awaited before the job ends (below).

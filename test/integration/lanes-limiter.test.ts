@@ -189,7 +189,7 @@ describe('lane limiter: AIMD', () => {
     expect(await lim.settle(await callAt(), 'rate_limited', 18)).toBe(18);
   });
 
-  it('after a drop in the announced quota, probes for the earlier one with one call, spaced by an eighth of the drop\'s age', async () => {
+  it('after a drop in the announced quota, probes for the earlier one with one call, spaced by an eighth of the drop\'s age; once back, the saved calls go at once', async () => {
     const env = freshEnv();
     const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 1, burst: 1 });
     expect(await lim.settle(admitted(await lim.tryAcquire(MODEL)), 'rate_limited', 150)).toBe(150);
@@ -207,16 +207,78 @@ describe('lane limiter: AIMD', () => {
     expect(probe.kind).toBe('admitted');
     // The quota still being 45, the probe is answered 429: one wasted call, the rate stays.
     expect(await lim.settle(admitted(probe), 'rate_limited', 45)).toBe(45);
+    const lastLimitedAt = env.clock.t;
     expect(await lim.settle(await callAt(), 'succeeded')).toBe(45);
     // The peak is over: the next probe call gets no 429, and once two slots pass without one the
     // lane returns to the earlier quota.
     env.clock.t = dropAt + 40_000;
     expect(await lim.settle(await callAt(), 'succeeded')).toBe(45);
     const lucky = admitted(await lim.tryAcquire(MODEL));
+    const luckyAt = env.clock.t;
     env.clock.t += 2_700;
     expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
+    // The quota came back between the probe that failed (15 s) and the lucky one (40 s): from the
+    // midpoint, the provider saved 150 - 45 per minute that the lane did not use. They go out at once,
+    // but only after the earlier rate has held for 2 s (window / 30) without a 429.
+    const saved = Math.floor(((150 - 45) * (env.clock.t - (lastLimitedAt + luckyAt) / 2)) / 60_000);
+    expect(saved).toBeGreaterThan(20);
+    const burst = async (): Promise<number> => {
+      let atOnce = 0;
+      while ((await lim.tryAcquire(MODEL)).kind === 'admitted') atOnce++;
+      return atOnce;
+    };
+    await burst(); // what the lane's own bucket refilled while the test's clock jumped
+    env.clock.t += 2_000;
+    expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
+    // The saved calls, plus the 2 s of refill at 150/min (5 calls) less the one just made.
+    const atOnce = await burst();
+    expect(atOnce).toBeGreaterThanOrEqual(saved);
+    expect(atOnce).toBeLessThanOrEqual(saved + 4);
     expect(await lim.settle(lucky, 'succeeded')).toBe(150);
     for (let i = 0; i < 3; i++) expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
+  });
+
+  it('after a quiet window, a lane that has heard a quota climbs by a tenth per success, and the next 429 names the quota again', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 1, burst: 1 });
+    // First met at peak hours: 45 announced, never the off-peak quota.
+    expect(await lim.settle(admitted(await lim.tryAcquire(MODEL)), 'rate_limited', 45)).toBe(45);
+    const callAt = () => nextSlotCall(lim, env);
+    expect(await lim.settle(await callAt(), 'succeeded')).toBe(45); // fresh: no climb past it
+    env.clock.t += 61_000;
+    // Busy again (refused for rate), a window later: +10 % per success, not +1 rpm.
+    await lim.tryAcquire(MODEL);
+    await lim.tryAcquire(MODEL);
+    expect(await lim.settle(await callAt(), 'succeeded')).toBeCloseTo(49.5, 6);
+    expect(await lim.settle(await callAt(), 'succeeded')).toBeCloseTo(54.45, 6);
+    // The peak is over (150 now): a dozen more successes pass it...
+    let rpm = 54.45;
+    for (let i = 0; i < 12 && rpm <= 150; i++) rpm = await lim.settle(await callAt(), 'succeeded');
+    expect(rpm).toBeGreaterThan(150);
+    // ...and the 429 for overshooting names the quota: the rate is set to it, not halved.
+    expect(await lim.settle(await callAt(), 'rate_limited', 150)).toBe(150);
+  });
+
+  it('a probe that got through by luck (a 429 before the recovery held) costs no burst', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 1, burst: 1 });
+    expect(await lim.settle(admitted(await lim.tryAcquire(MODEL)), 'rate_limited', 150)).toBe(150);
+    const callAt = () => nextSlotCall(lim, env);
+    env.clock.t += 1_000;
+    expect(await lim.settle(await callAt(), 'rate_limited', 45)).toBe(45);
+    env.clock.t += 40_000;
+    expect(await lim.settle(await callAt(), 'succeeded')).toBe(45);
+    const lucky = admitted(await lim.tryAcquire(MODEL));
+    env.clock.t += 2_700;
+    expect(await lim.settle(await callAt(), 'succeeded')).toBe(150);
+    // Still 45 after all: the earlier rate draws a 429 at once, and the saved calls are called off.
+    expect(await lim.settle(lucky, 'rate_limited', 45)).toBe(45);
+    // 3 s later (past the 2 s a recovery must hold): only what 3 s refill at 45/min, not ~39 saved calls.
+    env.clock.t += 3_000;
+    expect(await lim.settle(await callAt(), 'succeeded')).toBe(45);
+    let atOnce = 0;
+    while ((await lim.tryAcquire(MODEL)).kind === 'admitted') atOnce++;
+    expect(atOnce).toBeLessThanOrEqual(2);
   });
 
   it('a lane whose quota is known lets one quota period of calls through after an idle spell, as the provider does', async () => {

@@ -150,3 +150,54 @@ describe('shared model lanes in the pipeline', () => {
     expect(p.sim.requests().filter((r) => r.prompt.includes('spill draft'))).toHaveLength(0);
   });
 });
+
+describe('sharing a standard backlog with Pro from the first job', () => {
+  /** The real client; Pro calls are held 100 ms so that the ones in flight together can be counted. */
+  function proCountingGenerator(pipeline: Pipeline, seen: { now: number; max: number }): ImageGenerator {
+    const real = createGeminiClient(pipeline.config, { logger: silentLogger() });
+    return {
+      generate: async (req: GenerateImageRequest) => {
+        if (!pipeline.config.MODEL_PRO.includes(req.modelId)) return real.generate(req);
+        seen.max = Math.max(seen.max, ++seen.now);
+        try {
+          await new Promise((r) => setTimeout(r, 100));
+          return await real.generate(req);
+        } finally {
+          seen.now -= 1;
+        }
+      },
+      close: () => real.close(),
+    };
+  }
+
+  it('a backlog of several rounds of the slots shares with Pro, within LANE_SHARE_SLOTS', async () => {
+    // 4 slots, half of them may share; no quota known yet (a first batch): the catalogue's 1K
+    // latencies (10 s vs 20 s at p95) say a backlog of more than 4 jobs keeps Nano Banana 2 busy longer.
+    p = await startPipeline({ worker: false, env: { WORKER_CONCURRENCY: 4, LANE_SHARE_SLOTS: 0.5 } });
+    const big = await Promise.all(Array.from({ length: 16 }, async (_, i) => (await p!.submit({ ...job(i), prompt: `share ${i}`, tier: 'standard' })).body['id'] as string));
+    const seen = { now: 0, max: 0 };
+    worker = startImageWorker(p.config, { logger: silentLogger(), generator: proCountingGenerator(p, seen) });
+    const views = await Promise.all(big.map((id) => p!.settle(id)));
+    expect(views.every((v) => v['status'] === 'succeeded')).toBe(true);
+    const shared = views.filter((v) => String(v['route'].reason).startsWith('sharing the backlog with Nano Banana Pro'));
+    expect(shared.length).toBeGreaterThan(0);
+    expect(shared.every((v) => v['route'].model === p!.config.MODEL_PRO[0])).toBe(true);
+    expect(seen.max).toBeLessThanOrEqual(2);
+  });
+
+  it('a batch within one round of the slots stays on Nano Banana 2: no Pro prices', async () => {
+    p = await startPipeline({ worker: false, env: { WORKER_CONCURRENCY: 4, LANE_SHARE_SLOTS: 0.5 } });
+    const small = await Promise.all([0, 1, 2].map(async (i) => (await p!.submit({ ...job(i), prompt: `alone ${i}`, tier: 'standard' })).body['id'] as string));
+    worker = startImageWorker(p.config, { logger: silentLogger() });
+    const views = await Promise.all(small.map((id) => p!.settle(id)));
+    expect(views.map((v) => v['route'].model)).toEqual(small.map(() => p!.config.MODEL_FAST[0]));
+  });
+
+  it('LANE_SHARE_SLOTS=0: the same backlog stays on Nano Banana 2 while its lane has room', async () => {
+    p = await startPipeline({ worker: false, env: { WORKER_CONCURRENCY: 4, LANE_SHARE_SLOTS: 0 } });
+    const ids = await Promise.all(Array.from({ length: 16 }, async (_, i) => (await p!.submit({ ...job(i), prompt: `no share ${i}`, tier: 'standard' })).body['id'] as string));
+    worker = startImageWorker(p.config, { logger: silentLogger() });
+    const views = await Promise.all(ids.map((id) => p!.settle(id)));
+    expect(views.map((v) => v['route'].model)).toEqual(ids.map(() => p!.config.MODEL_FAST[0]));
+  });
+});

@@ -7,36 +7,57 @@ import { createBacklogReader } from '../../src/queue/backlog.js';
 import { SharedRead } from '../../src/state/shared-read.js';
 
 describe('sharing decision (the other model first, while the first lane still has room)', () => {
-  const base = { firstRpm: 150, firstP50Ms: 7_000, otherP50Ms: 13_000 };
+  // Nano Banana 2 known at 150/min, p95 7 s; Pro p95 13 s. Catalogue p95s at 1K: 10 s and 20 s.
+  const base = {
+    firstRpm: 150, firstP95Ms: 7_000, otherP95Ms: 13_000, typicalFirstP95Ms: 10_000, typicalOtherP95Ms: 20_000,
+    concurrency: 64, sharedInFlight: 0, maxShared: 16,
+  };
 
-  it('shares a backlog that keeps the first model busy longer than the other model is slower', () => {
-    expect(decideShare({ ...base, backlog: 1_000 })).toEqual({ share: true, note: 'first lane in ~400 s (1000 queued at 150/min), other model 6.0 s slower at p50' });
+  it('shares a backlog that keeps the first model busy, at its known rate, longer than the other model is slower', () => {
+    expect(decideShare({ ...base, backlog: 1_000 })).toEqual({ share: true, note: 'first lane in ~400 s (1000 queued at 150/min), other model 6.0 s slower at p95' });
     // 10 queued clear in 4 s < 6 s: Nano Banana 2 first, as the tier says.
     expect(decideShare({ ...base, backlog: 10 }).share).toBe(false);
+    // A known rate without latencies: no sharing (a rate in real ms against no latency says nothing).
+    expect(decideShare({ ...base, firstP95Ms: null, backlog: 1_000 }).share).toBe(false);
   });
 
-  it('never shares without the figures: an unknown quota or no latencies yet keeps a small batch off Pro prices', () => {
-    expect(decideShare({ ...base, firstRpm: 0, backlog: 1_000 }).share).toBe(false);
-    expect(decideShare({ ...base, firstP50Ms: null, backlog: 1_000 }).share).toBe(false);
-    expect(decideShare({ ...base, otherP50Ms: null, backlog: 1_000 }).share).toBe(false);
+  it('with no quota known yet (a first batch), shares a backlog of more than a round of the worker\'s slots', () => {
+    const cold = { ...base, firstRpm: 0 };
+    // Measured latencies: 100 jobs on 64 slots at 7 s keep Nano Banana 2 busy at least ~11 s > 6 s.
+    expect(decideShare({ ...cold, backlog: 100 })).toEqual({
+      share: true, note: 'first model busy at least ~11 s (100 queued on 64 slots at 7.0 s, quota not known yet), other model 6.0 s slower at p95',
+    });
+    expect(decideShare({ ...cold, backlog: 50 }).share).toBe(false); // ~5.5 s
+    // Before any call: the catalogue's ranges (10 s vs 20 s): more than 64 queued shares.
+    const first = { ...cold, firstP95Ms: null, otherP95Ms: null };
+    expect(decideShare({ ...first, backlog: 65 })).toEqual({
+      share: true, note: 'first model busy at least ~10 s (65 queued on 64 slots at 10 s, quota not known yet), other model 10 s slower at p95 (catalogue)',
+    });
+    expect(decideShare({ ...first, backlog: 64 }).share).toBe(false);
+  });
+
+  it('takes at most its share of the worker\'s slots, and none with LANE_SHARE_SLOTS=0', () => {
+    expect(decideShare({ ...base, backlog: 1_000, sharedInFlight: 15 }).share).toBe(true);
+    expect(decideShare({ ...base, backlog: 1_000, sharedInFlight: 16 })).toEqual({ share: false, note: "16 of this worker's slots already share" });
+    expect(decideShare({ ...base, backlog: 1_000, maxShared: 0 })).toEqual({ share: false, note: 'sharing is off (LANE_SHARE_SLOTS=0)' });
   });
 });
 
 describe('spill-over decision', () => {
-  // Nano Banana 2 at 150/min (a slot per 400 ms), p50 7 s; Pro p50 13 s: Pro answers 6 s later.
-  const base = { waitMs: 400, firstRpm: 150, firstP50Ms: 7_000, otherP50Ms: 13_000 };
+  // Nano Banana 2 at 150/min (a slot per 400 ms), p95 7 s; Pro p95 13 s: Pro answers 6 s later.
+  const base = { waitMs: 400, firstRpm: 150, firstP95Ms: 7_000, otherP95Ms: 13_000 };
 
-  it('spills while the backlog ahead takes the first lane longer than the other model is slower', () => {
+  it('spills while the backlog behind it keeps the first lane busy longer than the other model is slower', () => {
     // 100 queued jobs at 150/min: 40 s for the first lane to reach this one, far more than 6 s.
     const d = decideSpill({ ...base, backlog: 100 });
     expect(d.spill).toBe(true);
-    expect(d.note).toBe('first lane in ~40 s (100 queued at 150/min), other model 6.0 s slower at p50');
+    expect(d.note).toBe('first lane in ~40 s (100 queued at 150/min), other model 6.0 s slower at p95');
   });
 
   it('waits for the first model at the end of a backlog, when its slot comes sooner than the slower answer', () => {
     // 10 queued: 0.4 s + 4 s < 6 s: waiting for Nano Banana 2 finishes sooner (and costs half).
     const d = decideSpill({ ...base, backlog: 10 });
-    expect(d).toEqual({ spill: false, untilFirstMs: 4_400, note: 'first lane in ~4.4 s (10 queued at 150/min), other model 6.0 s slower at p50' });
+    expect(d).toEqual({ spill: false, untilFirstMs: 4_400, note: 'first lane in ~4.4 s (10 queued at 150/min), other model 6.0 s slower at p95' });
     // The boundary: 14 queued = 6.0 s, not more than 6 s: still waits; 15 queued spills.
     expect(decideSpill({ ...base, backlog: 14 }).spill).toBe(false);
     expect(decideSpill({ ...base, backlog: 15 }).spill).toBe(true);
@@ -47,12 +68,12 @@ describe('spill-over decision', () => {
   });
 
   it('an other model that is faster (peak hours) always takes the job', () => {
-    expect(decideSpill({ ...base, firstP50Ms: 20_000, backlog: 0, waitMs: 1 }).spill).toBe(true);
+    expect(decideSpill({ ...base, firstP95Ms: 20_000, backlog: 0, waitMs: 1 }).spill).toBe(true);
   });
 
   it('spills without figures: no latency measured yet, or a lane with no learned rate', () => {
-    expect(decideSpill({ ...base, backlog: 0, otherP50Ms: null })).toEqual({ spill: true, note: 'no latency or rate figures yet' });
-    expect(decideSpill({ ...base, backlog: 0, firstP50Ms: null }).spill).toBe(true);
+    expect(decideSpill({ ...base, backlog: 0, otherP95Ms: null })).toEqual({ spill: true, note: 'no latency or rate figures yet' });
+    expect(decideSpill({ ...base, backlog: 0, firstP95Ms: null }).spill).toBe(true);
     expect(decideSpill({ ...base, backlog: 0, firstRpm: 0 }).spill).toBe(true);
   });
 });
