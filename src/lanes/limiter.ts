@@ -274,8 +274,9 @@ elseif ARGV[2] == 'succeeded' then
     -- A lane that has heard a quota before (not within the window) climbs by a tenth per success, not
     -- by a step: overshooting costs one 429, which names the quota again. A lane that first met its
     -- quota at peak hours (no earlier one to probe for) finds the off-peak one within a few dozen calls.
+    -- After a drop the probes above look for the earlier quota; the step alone meanwhile.
     local step = tonumber(ARGV[8])
-    if fresh == 0 and (tonumber(f[8]) or 0) > 0 then step = math.max(step, rpm / 10) end
+    if fresh == 0 and not dropAt and (tonumber(f[8]) or 0) > 0 then step = math.max(step, rpm / 10) end
     rpm = math.min(rpm + step, fresh > 0 and fresh or math.huge)
   end
 elseif limited and tonumber(ARGV[4]) >= (tonumber(f[4]) or 0) then
