@@ -238,8 +238,9 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
 
         // Output validation (VALUE): after a DEGRADED answer the other model goes first (output-check.ts).
         let ranked = preferUndegraded(decision.candidates, progress.history, attempt);
-        // Sharing (spill.ts): a standard backlog longer than Nano Banana 2 clears, at its known quota,
-        // within Pro's extra latency tries Pro first, so Pro's quota serves it from the first job.
+        // Sharing (spill.ts): a standard backlog that keeps Nano Banana 2 busy longer than Pro's extra
+        // latency (at its known quota, or at best on all this worker's slots) tries Pro first, within
+        // LANE_SHARE_SLOTS of the slots, so Pro's quota serves it from the first job.
         if (req.tier === 'standard' && deps.lanes && deps.backlog && deps.sharing && laneFull.size === 0 && ranked[0]?.family === 'fast') {
           const pro = ranked.find((c) => c.family === 'pro');
           if (pro) {
