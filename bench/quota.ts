@@ -468,7 +468,7 @@ function traceTail(env: Env, t0: number, jobs: Job[]): void {
   const aroundOf = (list: Job[]): number[] => list.flatMap((j) => {
     const ok = jobProgressSchema.safeParse(j.progress).data?.history.filter((h) => h.outcome === 'succeeded').at(-1);
     return ok && j.processedOn && j.finishedOn ? [j.finishedOn - j.processedOn - ok.latencyMs] : [];
-  }).sort((x, y) => x - y);
+  });
   const around = aroundOf(jobs);
   // The start (the first half simulated minute, before the quotas run out) on its own: the unpaced phase.
   const early = aroundOf(jobs.filter((j) => (j.processedOn ?? Infinity) - t0 < env.opts.minuteMs / 2));
@@ -483,7 +483,7 @@ function traceTail(env: Env, t0: number, jobs: Job[]): void {
   const firstActive = Math.min(...jobs.map((j) => j.processedOn ?? Infinity));
   const firstCreated = Math.min(...jobs.map((j) => j.timestamp));
   console.log(`  first job stored at t=${sim(firstCreated)}, first taken by the worker at t=${sim(firstActive)} sim min`);
-  const p = (xs: number[], q: number): string => String(xs[Math.floor(xs.length * q)] ?? 'n/a');
+  const p = (xs: number[], q: number): string => String(quantile(xs, q) ?? 'n/a');
   console.log(`  worker time around the call (real ms): p50 ${p(around, 0.5)}, p90 ${p(around, 0.9)}; jobs taken in the first half minute: p50 ${p(early, 0.5)}, p90 ${p(early, 0.9)}`);
   const last = [...jobs].sort((a, b) => (b.finishedOn ?? 0) - (a.finishedOn ?? 0)).slice(0, 5);
   for (const j of last) {

@@ -258,7 +258,7 @@ elseif ARGV[2] == 'succeeded' then
   local probeAt, quotaAt = tonumber(f[13]) or 0, tonumber(f[9]) or 0
   local every = dropAt and math.max(window / 4, (now - dropAt) / 8) or 0
   local recoveredAt = tonumber(f[15]) or 0
-  if savedCalls > 0 and quotaAt <= recoveredAt and now - recoveredAt >= math.max(4 * 60000 / rpm, window / 30) then
+  if savedCalls > 0 and now - recoveredAt >= math.max(4 * 60000 / rpm, window / 30) then
     catchUp = savedCalls
     redis.call('HDEL', KEYS[1], 'savedCalls', 'recoveredAt')
   elseif busy and dropAt and rpm < quotaMax and probeAt > quotaAt and now - probeAt >= math.max(2 * 60000 / rpm, window / 60) then

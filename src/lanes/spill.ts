@@ -55,8 +55,9 @@ export function decideSpill(i: SpillInput): SpillDecision {
  * measured ranges (their upper ends): only their difference and ratio matter then, so a scaled clock
  * (the benchmarks) decides the same.
  *
- * Sharing takes at most `maxShared` of this worker's slots (LANE_SHARE_SLOTS): enough to keep the
- * other model's quota from idling, while the first model keeps the slots it needs for its own quota.
+ * The processor asks only while this worker has fewer than LANE_SHARE_SLOTS of its slots on the other
+ * model through sharing: enough to keep that model's quota from idling, while the first model keeps
+ * the slots it needs for its own quota.
  * The other model's saved-up burst goes to spill-over once the first lane is full. Without a backlog
  * worth it, a job goes to the first model as the tier says, so a small batch never pays Pro prices.
  */
@@ -72,14 +73,9 @@ export interface ShareInput {
   typicalOtherP95Ms: number;
   /** This worker's slots (its concurrency). */
   concurrency: number;
-  /** This worker's calls on the other model through sharing, now, and the most it may have. */
-  sharedInFlight: number;
-  maxShared: number;
 }
 
 export function decideShare(i: ShareInput): { share: boolean; note: string } {
-  if (i.maxShared <= 0) return { share: false, note: 'sharing is off (LANE_SHARE_SLOTS=0)' };
-  if (i.sharedInFlight >= i.maxShared) return { share: false, note: `${i.sharedInFlight} of this worker's slots already share` };
   const measured = i.firstP95Ms !== null && i.otherP95Ms !== null;
   if (i.firstRpm > 0) {
     if (!measured) return { share: false, note: 'no latency figures' };

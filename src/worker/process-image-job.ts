@@ -241,7 +241,9 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         // Sharing (spill.ts): a standard backlog that keeps Nano Banana 2 busy longer than Pro's extra
         // latency (at its known quota, or at best on all this worker's slots) tries Pro first, within
         // LANE_SHARE_SLOTS of the slots, so Pro's quota serves it from the first job.
-        if (req.tier === 'standard' && deps.lanes && deps.backlog && deps.sharing && laneFull.size === 0 && ranked[0]?.family === 'fast') {
+        // Only while this worker's Pro share has room: a full share costs no reads.
+        const sharing = deps.sharing && sharedInFlight < deps.sharing.maxSlots ? deps.sharing : undefined;
+        if (req.tier === 'standard' && deps.lanes && deps.backlog && sharing && laneFull.size === 0 && ranked[0]?.family === 'fast') {
           const pro = ranked.find((c) => c.family === 'pro');
           if (pro) {
             const first = ranked[0];
@@ -250,9 +252,10 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
             const share = decideShare({
               firstRpm, backlog, firstP95Ms: health?.[first.modelId]?.p95 ?? null, otherP95Ms: health?.[pro.modelId]?.p95 ?? null,
               typicalFirstP95Ms: LATENCY_SECONDS.fast[req.size][1] * 1000, typicalOtherP95Ms: LATENCY_SECONDS.pro[req.size][1] * 1000,
-              concurrency: deps.sharing.concurrency, sharedInFlight, maxShared: deps.sharing.maxSlots,
+              concurrency: sharing.concurrency,
             });
-            if (share.share) {
+            // Checked again after the reads: jobs deciding at the same moment all saw the same room.
+            if (share.share && sharedInFlight < sharing.maxSlots) {
               sharedFirst = pro.modelId;
               sharedInFlight += 1;
               shareHeld = true;

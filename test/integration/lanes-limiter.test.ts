@@ -189,15 +189,21 @@ describe('lane limiter: AIMD', () => {
     expect(await lim.settle(await callAt(), 'rate_limited', 18)).toBe(18);
   });
 
-  it('after a drop in the announced quota, probes for the earlier one with one call, spaced by an eighth of the drop\'s age; once back, the saved calls go at once', async () => {
+  /** A lane that learned 150 from a 429, then (peak hours) 45 a second later; the clock at the drop. */
+  async function droppedLane() {
     const env = freshEnv();
     const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 1, burst: 1 });
     expect(await lim.settle(admitted(await lim.tryAcquire(MODEL)), 'rate_limited', 150)).toBe(150);
     const callAt = () => nextSlotCall(lim, env);
-    // Peak hours: the quota drops to 45 (a slot every 1333 ms); the rate follows at once.
     env.clock.t += 1_000;
     const dropAt = env.clock.t;
+    // The rate follows the drop at once (a slot every 1333 ms).
     expect(await lim.settle(await callAt(), 'rate_limited', 45)).toBe(45);
+    return { env, lim, callAt, dropAt };
+  }
+
+  it('after a drop in the announced quota, probes for the earlier one with one call, spaced by an eighth of the drop\'s age; once back, the saved calls go at once', async () => {
+    const { env, lim, callAt, dropAt } = await droppedLane();
     // Within a quarter window (15 s) of the last 429, successes leave it at 45.
     while (env.clock.t < dropAt + 14_000) expect(await lim.settle(await callAt(), 'succeeded')).toBe(45);
     // After it, a success opens one probe slot beyond the pace: a call is admitted at once.
@@ -260,12 +266,7 @@ describe('lane limiter: AIMD', () => {
   });
 
   it('a probe that got through by luck (a 429 before the recovery held) costs no burst', async () => {
-    const env = freshEnv();
-    const lim = limiterFor(env, { initialRpm: 0, decreaseFactor: 0.5, minRpm: 1, stepRpm: 1, burst: 1 });
-    expect(await lim.settle(admitted(await lim.tryAcquire(MODEL)), 'rate_limited', 150)).toBe(150);
-    const callAt = () => nextSlotCall(lim, env);
-    env.clock.t += 1_000;
-    expect(await lim.settle(await callAt(), 'rate_limited', 45)).toBe(45);
+    const { env, lim, callAt } = await droppedLane();
     env.clock.t += 40_000;
     expect(await lim.settle(await callAt(), 'succeeded')).toBe(45);
     const lucky = admitted(await lim.tryAcquire(MODEL));

@@ -92,8 +92,9 @@ describe('shared model lanes in the pipeline', () => {
 
   it('a worker with a saturated lane moves jobs to delayed instead of holding them (no attempt used)', async () => {
     // 0.5 rpm, no burst: one call now, the next slot in 120 s — far beyond LANE_MAX_HOLD_MS. No
-    // additive step: the success must not raise the rate (which would rescale the booked slots).
-    p = await startPipeline({ env: { LANE_INITIAL_RPM: 0.5, LANE_BURST: 1, LANE_AIMD_STEP_RPM: 0 } });
+    // additive step, and a floor below the rate: the success must not raise the rate (which would
+    // rescale the booked slots; the default LANE_MIN_RPM of 1 would, when it settles first).
+    p = await startPipeline({ env: { LANE_INITIAL_RPM: 0.5, LANE_BURST: 1, LANE_AIMD_STEP_RPM: 0, LANE_MIN_RPM: 0.1 } });
     const ids = await Promise.all([0, 1, 2, 3].map(async (i) => (await p!.submit(job(i))).body['id'] as string));
     await waitFor('one job done and three delayed', async () =>
       (await p!.queue.getCompletedCount()) === 1 && (await p!.queue.getDelayedCount()) === 3);
