@@ -3,7 +3,7 @@
  * calls a model.
  *
  * Routes: POST /v1/jobs, GET /v1/jobs/:id, GET /healthz (process up), GET /readyz (Redis and S3
- * reachable). With API_KEYS set, /v1 needs `Authorization: Bearer <key>` and a tenant sees only its
+ * reachable), GET /metrics (Prometheus; routes/metrics.ts), and the route modules below. With API_KEYS set, /v1 needs `Authorization: Bearer <key>` and a tenant sees only its
  * own jobs; without keys the server listens on loopback only.
  */
 import type { AddressInfo } from 'node:net';
@@ -26,9 +26,10 @@ import { healthRoutes } from './routes/health.js';
 import { webhooksRoutes } from './routes/webhooks.js';
 import { lanesRoutes } from './routes/lanes.js';
 import { spendRoutes } from './routes/spend.js';
+import { metricsRoutes } from './routes/metrics.js';
 
 /** Route modules beyond the job routes below, in registration order. */
-const ROUTE_MODULES: readonly RouteModule[] = [webhooksRoutes, batchesRoutes, experimentsRoutes, liveRoutes, spendRoutes, healthRoutes, lanesRoutes];
+const ROUTE_MODULES: readonly RouteModule[] = [webhooksRoutes, batchesRoutes, experimentsRoutes, liveRoutes, spendRoutes, healthRoutes, lanesRoutes, metricsRoutes];
 import { RETRY_AFTER_SECONDS, toApiError } from './errors.js';
 
 export interface ApiDeps {

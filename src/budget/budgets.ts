@@ -22,6 +22,8 @@
  *   p:budget:tenant:{t}:{YYYY-MM-DD}           field `spentMicros` (t = tenant, `-` without API_KEYS)
  *   p:budget:tenant:{t}:{YYYY-MM-DD}:reserved  as above
  *   p:spend:{YYYY-MM-DD}    field `{t}|{family}` → micro-USD spent that UTC day (GET /v1/spend)
+ *   p:spend:total           the same fields since the deployment began, never expiring (the
+ *                           pixelmill_spend_usd_total counter of GET /metrics)
  * A reservation is keyed by job id (a job makes one call at a time, and a re-run replaces its own)
  * and expires after the call's budget plus RESERVATION_SLACK_MS, so a worker that died mid-call
  * never holds budget for long.
@@ -53,6 +55,7 @@ export function budgetKeys(config: Config) {
     tenantDay: (tenant: string | null, day: string) => `${p}:budget:tenant:${tenant ?? '-'}:${day}`,
     tenantDayReserved: (tenant: string | null, day: string) => `${p}:budget:tenant:${tenant ?? '-'}:${day}:reserved`,
     spendDay: (day: string) => `${p}:spend:${day}`,
+    spendTotal: `${p}:spend:total`,
   };
 }
 
@@ -97,14 +100,16 @@ return {0}
 `;
 
 /**
- * KEYS: spendDay, then (spentHash, reservedHash) per budget. ARGV: jobId, actual micros, spend field,
- * spend ttl, ttl for a budget hash that has none. Drops the job's reservations and adds the actual cost everywhere.
+ * KEYS: spendDay, spendTotal, then (spentHash, reservedHash) per budget. ARGV: jobId, actual micros,
+ * spend field, spend ttl, ttl for a budget hash that has none. Drops the job's reservations and adds
+ * the actual cost everywhere.
  */
 const SETTLE_LUA = `
 local cost = tonumber(ARGV[2])
 redis.call('HINCRBY', KEYS[1], ARGV[3], cost)
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
-for i = 2, #KEYS, 2 do
+redis.call('HINCRBY', KEYS[2], ARGV[3], cost)
+for i = 3, #KEYS, 2 do
   redis.call('HDEL', KEYS[i + 1], ARGV[1])
   redis.call('HINCRBY', KEYS[i], 'spentMicros', cost)
   if redis.call('PTTL', KEYS[i]) == -1 then redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[5])) end
@@ -226,7 +231,7 @@ export class RedisBudgets implements BudgetGate {
       const day = utcDay(this.now());
       try {
         await runScript(
-          this.redis, SETTLE_LUA, [this.k.spendDay(day), ...budgets.flatMap((b) => [b.spentKey, b.reservedKey])],
+          this.redis, SETTLE_LUA, [this.k.spendDay(day), this.k.spendTotal, ...budgets.flatMap((b) => [b.spentKey, b.reservedKey])],
           [jobId, toMicros(costUsd), `${tenant ?? '-'}|${family}`, SPEND_RETENTION_MS, TENANT_DAY_TTL_MS],
         );
       } catch (err) {
@@ -312,4 +317,25 @@ export async function readSpend(config: Config, redis: Redis, tenant: string | n
     tenant, from: dates[0]!, to: dates.at(-1)!, byFamily,
     totalUsd: fromMicros(MODEL_FAMILIES.reduce((s, f) => s + total[f], 0)), days: out,
   };
+}
+
+/** One row of the all-time spend: a tenant (null without API_KEYS) and a model family. */
+export interface SpendTotal {
+  tenant: string | null;
+  family: ModelFamily;
+  usd: number;
+}
+
+/** Spend since the deployment began, per tenant and family (one HGETALL). */
+export async function readSpendTotals(config: Config, redis: Redis): Promise<SpendTotal[]> {
+  const fields = await redis.hgetall(budgetKeys(config).spendTotal);
+  const out: SpendTotal[] = [];
+  for (const [field, micros] of Object.entries(fields)) {
+    const sep = field.lastIndexOf('|');
+    const family = field.slice(sep + 1);
+    if (sep < 0 || !(MODEL_FAMILIES as readonly string[]).includes(family)) continue; // not ours
+    const tenant = field.slice(0, sep);
+    out.push({ tenant: tenant === '-' ? null : tenant, family: family as ModelFamily, usd: fromMicros(Number(micros) || 0) });
+  }
+  return out;
 }

@@ -180,6 +180,8 @@ export const configSchema = z
     PORT: intFromEnv(0, 65_535).default(8080),
     HOST: z.string().min(1).optional(),
     API_KEYS: apiKeys.default([]),
+    /** Bearer token of GET /metrics (fleet-wide: every tenant's spend); required there when API_KEYS is set. */
+    METRICS_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
     API_BODY_LIMIT_BYTES: intFromEnv(1024, 1024 * 1024 * 1024).default(100 * 1024 * 1024),
 
     // Shared model lanes (src/lanes): one lane per (model id, API key); GEMINI_API_KEY may list several keys, comma-separated

@@ -94,7 +94,7 @@ export const ERROR_CATALOGUE = {
   // --- Answers of the HTTP API -------------------------------------------------------------------
   UNAUTHORIZED: {
     retryable: false, consumesAttempt: false, mayTryFallback: false, httpStatus: 401,
-    hint: 'Send Authorization: Bearer <key> with a key from API_KEYS.',
+    hint: 'Send Authorization: Bearer <key>: a key from API_KEYS for /v1, METRICS_TOKEN for /metrics.',
   },
   NOT_FOUND: {
     retryable: false, consumesAttempt: false, mayTryFallback: false, httpStatus: 404,

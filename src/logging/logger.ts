@@ -11,6 +11,7 @@ export const REDACT_PATHS = [
   'headers["x-goog-api-key"]', '*.headers["x-goog-api-key"]',
   'headers.authorization', '*.headers.authorization', 'req.headers.authorization',
   'GEMINI_API_KEY', '*.GEMINI_API_KEY', 'S3_SECRET_ACCESS_KEY', '*.S3_SECRET_ACCESS_KEY', 'API_KEYS', '*.API_KEYS',
+  'METRICS_TOKEN', '*.METRICS_TOKEN',
   'WEBHOOK_SECRET', '*.WEBHOOK_SECRET', 'secret', '*.secret',
   'url', '*.url', 'presignedUrl', '*.presignedUrl',
   'data', '*.data',

@@ -50,6 +50,7 @@ describe('configuration', () => {
     ['S3_FORCE_PATH_STYLE', 'maybe', 'true or false'],
     ['SHUTDOWN_GRACE', 'soon', 'duration'],
     ['API_KEYS', 'nokey', 'tenant:key'],
+    ['METRICS_TOKEN', 'short', 'at least 16 characters'],
     ['LOG_LEVEL', 'loud', ''],
     ['WEBHOOK_SECRET', 'whsec_c2hvcnQ=', 'whsec_ followed by the base64 of 24 to 64 random bytes'],
     ['WEBHOOK_ALLOWED_CIDRS', '300.1.1.1/8', 'not a CIDR'],

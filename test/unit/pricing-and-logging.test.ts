@@ -38,12 +38,12 @@ describe('logs', () => {
     log.info({
       key: 'images/img_1.jpg',
       headers: { 'x-goog-api-key': 'AIza-secret', authorization: 'Bearer tenant-secret' },
-      GEMINI_API_KEY: 'AIza-secret', WEBHOOK_SECRET: 'whsec_abc', url: 'https://s3/x?X-Amz-Signature=deadbeef',
+      GEMINI_API_KEY: 'AIza-secret', WEBHOOK_SECRET: 'whsec_abc', config: { METRICS_TOKEN: 'metrics-secret-token' }, url: 'https://s3/x?X-Amz-Signature=deadbeef',
       output: { url: 'https://s3/y?X-Amz-Signature=cafe' }, data: 'iVBORw0KGgo',
     }, 'stored');
     const text = lines.join('');
     const line = JSON.parse(text) as Record<string, unknown>;
     expect(line).toMatchObject({ jobId: 'img_1', attempt: 2, model: 'm', msg: 'stored', key: 'images/img_1.jpg' });
-    for (const secret of ['AIza-secret', 'tenant-secret', 'whsec_abc', 'X-Amz-Signature', 'iVBORw0KGgo']) expect(text).not.toContain(secret);
+    for (const secret of ['AIza-secret', 'tenant-secret', 'whsec_abc', 'metrics-secret-token', 'X-Amz-Signature', 'iVBORw0KGgo']) expect(text).not.toContain(secret);
   });
 });
