@@ -1,16 +1,19 @@
 /**
  * `npm run bench:quota [-- --jobs N --concurrency C --q-fast Q1 --q-pro Q2 --minute-ms M --seed S
- *                        --scenarios offpeak,storm --clients pixelmill,pixelmill-warm,seed,seed-until-success,bullmq
+ *                        --scenarios offpeak,storm,draft --clients pixelmill,pixelmill-warm,seed,seed-until-success,bullmq
  *                        --submit batch|jobs --trace --trace-step MIN --no-record]`
  *
  * How close pixelmill gets to the quotas' ceiling, and how many calls it wastes on the way, against
  * the Gemini simulator with per-minute quotas (Nano Banana 2: Q1, Pro: Q2 requests per simulated
  * minute) on a scaled clock (a simulated minute lasts M real ms; latencies scale the same way).
- * N standard-tier 1K jobs per run, in two scenarios:
+ * N 1K jobs per run, in three scenarios:
  *
- *   offpeak  the quotas as given all along
- *   storm    a 429 storm: Nano Banana 2 at 30 % of its quota (and twice as slow: the simulator's peak
- *            mode) from simulated minute 1 to minute 3 of the run, then back to normal
+ *   offpeak  standard tier, the quotas as given all along
+ *   storm    standard tier, a 429 storm: Nano Banana 2 at 30 % of its quota (and twice as slow: the
+ *            simulator's peak mode) from simulated minute 1 to minute 3 of the run, then back to normal
+ *   draft    draft tier off-peak: Nano Banana 2 only (a draft never goes to Pro), so the bound is N/Q1.
+ *            The baselines keep to Nano Banana 2 as well: the seed loop's fallback model is Nano Banana
+ *            2 too, and the BullMQ worker retries a 429 instead of calling Pro.
  *
  * and four clients per scenario, one after the other against the same simulator (its stats and quota
  * buckets reset before each run), all at the same concurrency C:
@@ -93,7 +96,13 @@ interface Options {
 const CLIENT_NAMES = ['pixelmill', 'pixelmill-warm', 'seed', 'seed-until-success', 'bullmq'] as const;
 type ClientName = (typeof CLIENT_NAMES)[number];
 
-type Scenario = 'offpeak' | 'storm';
+const SCENARIOS = ['offpeak', 'storm', 'draft'] as const;
+type Scenario = (typeof SCENARIOS)[number];
+
+/** The tier of a scenario's jobs. */
+function tierOf(scenario: Scenario): 'draft' | 'standard' {
+  return scenario === 'draft' ? 'draft' : 'standard';
+}
 
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
@@ -105,7 +114,7 @@ function parseOptions(argv: string[]): Options {
       'q-pro': { type: 'string', default: '50' },
       'minute-ms': { type: 'string', default: '4000' },
       seed: { type: 'string', default: '1' },
-      scenarios: { type: 'string', default: 'offpeak,storm' },
+      scenarios: { type: 'string', default: SCENARIOS.join(',') },
       clients: { type: 'string', default: CLIENT_NAMES.join(',') },
       trace: { type: 'boolean', default: false },
       'trace-step': { type: 'string', default: '0.5' },
@@ -124,7 +133,9 @@ function parseOptions(argv: string[]): Options {
     return n;
   };
   const scenarios = values.scenarios.split(',').map((s) => s.trim()).filter(Boolean);
-  for (const s of scenarios) if (s !== 'offpeak' && s !== 'storm') throw new Error(`--scenarios: unknown scenario "${s}" (offpeak, storm)`);
+  for (const s of scenarios) {
+    if (!(SCENARIOS as readonly string[]).includes(s)) throw new Error(`--scenarios: unknown scenario "${s}" (${SCENARIOS.join(', ')})`);
+  }
   const clients = values.clients.split(',').map((s) => s.trim()).filter(Boolean);
   for (const c of clients) {
     if (!(CLIENT_NAMES as readonly string[]).includes(c)) throw new Error(`--clients: unknown client "${c}" (${CLIENT_NAMES.join(', ')})`);
@@ -148,15 +159,20 @@ function parseOptions(argv: string[]): Options {
 // ---------------------------------------------------------------------------------------------
 // The scaled clock and the lower bound
 
-/** Capacity of both quotas together at simulated minute t (requests per simulated minute). */
+/** Capacity of the quotas a scenario's jobs may use at simulated minute t (requests per simulated minute). */
 function capacityAt(opts: Options, scenario: Scenario, minute: number): number {
   const storm = scenario === 'storm' && minute >= STORM_FROM_MIN && minute < STORM_TO_MIN;
-  return opts.qFast * (storm ? STORM_QUOTA_FACTOR : 1) + opts.qPro;
+  return opts.qFast * (storm ? STORM_QUOTA_FACTOR : 1) + (tierOf(scenario) === 'draft' ? 0 : opts.qPro);
+}
+
+/** Tokens the scenario's quota buckets hold at the start (each starts full). */
+function initialBurst(opts: Options, scenario: Scenario): number {
+  return opts.qFast + (tierOf(scenario) === 'draft' ? 0 : opts.qPro);
 }
 
 /**
  * The issue's lower bound in simulated minutes: the time at which the quotas, at their rate, admit N
- * requests (N/(Q1+Q2) off-peak; integrated over the storm's lower rate otherwise). It ignores the
+ * requests (N/(Q1+Q2) off-peak, N/Q1 for drafts; integrated over the storm's lower rate otherwise). It ignores the
  * generation latency and the simulator's initial burst (each bucket starts full, Q tokens), which
  * work in opposite directions; `burstBoundMin` accounts for the burst.
  */
@@ -169,7 +185,7 @@ function lowerBoundMin(opts: Options, scenario: Scenario, jobs = opts.jobs): num
 }
 
 function burstBoundMin(opts: Options, scenario: Scenario): number {
-  return lowerBoundMin(opts, scenario, Math.max(0, opts.jobs - opts.qFast - opts.qPro));
+  return lowerBoundMin(opts, scenario, Math.max(0, opts.jobs - initialBurst(opts, scenario)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,7 +345,7 @@ async function runPixelmill(env: Env, scenario: Scenario, warm = false): Promise
     const submit = async (text: string): Promise<string> => {
       const res = await pool.request({
         path: '/v1/jobs', method: 'POST', headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ prompt: text, tier: 'standard', size: '1K', aspectRatio: '1:1' }),
+        body: JSON.stringify({ prompt: text, tier: tierOf(scenario), size: '1K', aspectRatio: '1:1' }),
       });
       const body = await res.body.text();
       if (res.statusCode !== 202) throw new Error(`POST /v1/jobs answered ${res.statusCode}: ${body.slice(0, 300)}`);
@@ -338,7 +354,7 @@ async function runPixelmill(env: Env, scenario: Scenario, warm = false): Promise
     const submitBatch = async (texts: string[]): Promise<void> => {
       const res = await pool.request({
         path: '/v1/batches', method: 'POST', headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ defaults: { tier: 'standard', size: '1K', aspectRatio: '1:1' }, jobs: texts.map((text) => ({ prompt: text })) }),
+        body: JSON.stringify({ defaults: { tier: tierOf(scenario), size: '1K', aspectRatio: '1:1' }, jobs: texts.map((text) => ({ prompt: text })) }),
       });
       const body = await res.body.text();
       if (res.statusCode !== 202) throw new Error(`POST /v1/batches answered ${res.statusCode}: ${body.slice(0, 300)}`);
@@ -541,13 +557,14 @@ async function call(b: BaselineClient, env: Env, modelId: string, family: ModelF
 /**
  * The seeds' `generate_with_fallback(prompt, prefer="fast", max_retries=2)`, call for call:
  * attempt 0 on Nano Banana 2, attempts 1 and 2 on Pro; a 429 or a timeout (90 s) moves on at once,
- * any other error sleeps 2 s first; after the third attempt it returns null.
+ * any other error sleeps 2 s first; after the third attempt it returns null. With `fastOnly` (the
+ * draft scenario) the fallback model is Nano Banana 2 as well.
  */
-async function seedGenerateWithFallback(b: BaselineClient, env: Env, text: string): Promise<GeneratedImage | null> {
+async function seedGenerateWithFallback(b: BaselineClient, env: Env, text: string, fastOnly: boolean): Promise<GeneratedImage | null> {
   const maxRetries = 2;
   for (let attempt = 0; attempt < maxRetries + 1; attempt++) {
     if (b.stop.signal.aborted) return null;
-    const [modelId, family]: [string, ModelFamily] = attempt === 0 ? [FAST_ID, 'fast'] : [PRO_ID, 'pro'];
+    const [modelId, family]: [string, ModelFamily] = attempt === 0 || fastOnly ? [FAST_ID, 'fast'] : [PRO_ID, 'pro'];
     try {
       return await call(b, env, modelId, family, text, 90);
     } catch (err) {
@@ -566,6 +583,7 @@ async function runSeed(env: Env, scenario: Scenario, untilSuccess: boolean): Pro
   const b = newBaselineClient(env);
   const name = untilSuccess ? 'seed loop, retried until success' : 'seed loop, as written (gives up)';
   const tag = `seed-${untilSuccess ? 'retry' : 'once'}-${scenario}`;
+  const fastOnly = tierOf(scenario) === 'draft';
   try {
     await resetSimulator(env);
     const latenciesMs: number[] = [];
@@ -582,8 +600,8 @@ async function runSeed(env: Env, scenario: Scenario, untilSuccess: boolean): Pro
         while (next < jobs && !b.stop.signal.aborted) {
           const i = next++;
           const text = prompt(tag, i);
-          let image = await seedGenerateWithFallback(b, env, text);
-          while (untilSuccess && image === null && !b.stop.signal.aborted) image = await seedGenerateWithFallback(b, env, text);
+          let image = await seedGenerateWithFallback(b, env, text, fastOnly);
+          while (untilSuccess && image === null && !b.stop.signal.aborted) image = await seedGenerateWithFallback(b, env, text, fastOnly);
           if (image === null) {
             if (!b.stop.signal.aborted) lost++;
             continue;
@@ -630,8 +648,9 @@ async function runBullmq(env: Env, scenario: Scenario): Promise<RunResult> {
       try {
         image = await call(b, env, FAST_ID, 'fast', text, 360);
       } catch (err) {
-        // The usual hand-written fallback: Pro when Nano Banana 2 is rate limited; everything else is retried by BullMQ.
-        if (!(isPixelmillError(err) && err.code === 'RATE_LIMITED')) throw err;
+        // The usual hand-written fallback: Pro when Nano Banana 2 is rate limited (not for drafts);
+        // everything else is retried by BullMQ.
+        if (!(isPixelmillError(err) && err.code === 'RATE_LIMITED') || tierOf(scenario) === 'draft') throw err;
         image = await call(b, env, PRO_ID, 'pro', text, 360);
       }
       await b.store.put(`baseline/${prefix}/${job.data.i}.jpg`, image.bytes, image.mimeType);
@@ -734,15 +753,15 @@ function report(env: Env, runs: RunResult[]): string {
 
   const notes = runs.filter((r) => r.note).map((r) => `- ${r.scenario}, ${r.name}: ${r.note}`);
   const bounds = opts.scenarios.map((s) =>
-    `${s} ${fmt(lowerBoundMin(opts, s), 2)} sim min = ${fmt((lowerBoundMin(opts, s) * opts.minuteMs) / 1000, 1)} s (with the initial burst of ${opts.qFast + opts.qPro} tokens: ${fmt(burstBoundMin(opts, s), 2)} sim min)`,
+    `${s} ${fmt(lowerBoundMin(opts, s), 2)} sim min = ${fmt((lowerBoundMin(opts, s) * opts.minuteMs) / 1000, 1)} s (with the initial burst of ${initialBurst(opts, s)} tokens: ${fmt(burstBoundMin(opts, s), 2)} sim min)`,
   );
   return [
     machineLine(),
-    `workload: ${opts.jobs} standard-tier 1K 1:1 jobs per run, concurrency ${opts.concurrency}; quotas Nano Banana 2 ${opts.qFast}/min, Pro ${opts.qPro}/min; `
+    `workload: ${opts.jobs} 1K 1:1 jobs per run (standard tier; draft in the draft scenario), concurrency ${opts.concurrency}; quotas Nano Banana 2 ${opts.qFast}/min, Pro ${opts.qPro}/min; `
       + `1 simulated minute = ${opts.minuteMs} ms (timeScale ${fmt(env.timeScale, 4)}), seed ${opts.seed}; `
       + `storm: Nano Banana 2 at ${STORM_QUOTA_FACTOR * 100} % quota and 2× latency from sim minute ${STORM_FROM_MIN} to ${STORM_TO_MIN}`,
     `pixelmill's time constants on the scaled clock: ${Object.entries(scaledKnobs(env.timeScale)).map(([k, v]) => `${k}=${v}`).join(', ')}`,
-    `lower bound N/(Q1+Q2), in the storm integrated over the lower rate: ${bounds.join('; ')}`,
+    `lower bound N/(Q1+Q2) (N/Q1 for drafts), in the storm integrated over the lower rate: ${bounds.join('; ')}`,
     `429s and calls from the simulator's /_sim/stats; $/image = all calls' cost ÷ images; latency = job created → finished, in simulated seconds; a run is stopped after ${RUN_LIMIT_BOUNDS}× its bound (unfinished jobs count as lost)`,
     '',
     table,

@@ -31,6 +31,9 @@
  *                                  savedCalls, recoveredAt (calls to let through once a recovery holds)
  *   lane:{model}@{keyId}:inflight  zset: lease id → expiry (epoch ms)
  *   apikey:{keyId}:disabled        string: why the key was refused; PX LANE_AUTH_DISABLE_TTL
+ *   waiting:{model}                zset: job id → its queue order (BullMQ priority), then arrival; jobs refused for rate
+ *   waiting:{model}:until          zset: job id → when its entry lapses (its come-back time + grace)
+ *   waiting:{model}:seq            counter: arrivals in the line
  *
  * The model-level RetryInfo cooldowns of state/model-state.ts stay: the processor only extends them
  * when every lane of the model is closed (closeLane's answer), so one key's 429 never stops the others.
@@ -57,7 +60,7 @@ end
 
 /** GCRA admission over every lane of one model; picks the lane with the earliest free slot. */
 const ACQUIRE_LUA = `${BUCKET_OF_LUA}
--- KEYS  (4 per lane, lane i = 1..n):
+-- KEYS  (4 per lane, lane i = 1..n, then the model's waiting line and its lapse times):
 --   KEYS[4i-3]  lane state hash (rpm, tat, closedUntil, refusedAt, cutAt, winId, winCount, prevCount)
 --   KEYS[4i-2]  lane in-flight sorted set (lease id scored by lease expiry, epoch ms)
 --   KEYS[4i-1]  key-disabled flag of the lane's API key (exists = out of rotation)
@@ -74,6 +77,7 @@ const ACQUIRE_LUA = `${BUCKET_OF_LUA}
 --   ARGV[8]  ms to come back when a lane is at its in-flight cap (the end of a call is not predictable)
 --   ARGV[9]  state TTL ms: a lane idle this long forgets its learned rate
 --   ARGV[10] rate window ms (LANE_RATE_WINDOW): admissions are counted per window for the first 429
+--   ARGV[11] the job asking ('' = none): admitted, it leaves the model's waiting line (WAITING_LUA)
 -- Returns {status, lane index, wait ms, why, rpm, interval ms, probe}
 --   status 1: admitted on lane <index> (lease recorded, tat advanced); probe 1 = the lane's breaker was
 --             half-open and this lease is its one probe (the lease id is the probe token)
@@ -89,7 +93,7 @@ local ceiling = tonumber(ARGV[6])
 local burst = tonumber(ARGV[7])
 local inflightRetry = tonumber(ARGV[8])
 local best, bestAt, bestTat, bestWhy, bestRpm, bestProbe = nil, 0, 0, '', 0, false
-for i = 1, #KEYS / 4 do
+for i = 1, math.floor(#KEYS / 4) do
   local h, z, d, b = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
   if redis.call('EXISTS', d) == 0 then
     local f = redis.call('HMGET', h, 'tat', 'rpm', 'closedUntil', 'quota')
@@ -147,11 +151,74 @@ redis.call('HINCRBY', h, 'winCount', 1)
 redis.call('ZADD', z, now + tonumber(ARGV[3]), ARGV[2])
 redis.call('PEXPIRE', h, math.max(tonumber(ARGV[9]), (tonumber(redis.call('HGET', h, 'closedUntil') or '0')) - now + 1000))
 redis.call('PEXPIRE', z, tonumber(ARGV[3]) + 1000)
+if ARGV[11] ~= '' then
+  redis.call('ZREM', KEYS[#KEYS - 1], ARGV[11])
+  redis.call('ZREM', KEYS[#KEYS], ARGV[11])
+end
 if bestProbe then
   redis.call('HSET', KEYS[4 * best], 'probe', ARGV[2], 'probeUntil', now + tonumber(ARGV[3]))
   return {1, best, 0, '', tostring(bestRpm), math.ceil(interval), 1}
 end
 return {1, best, 0, '', tostring(bestRpm), math.ceil(interval), 0}
+`;
+
+/**
+ * The line's come-backs are spaced a little closer than the lane's interval: a job that comes back a
+ * moment late (its worker busy) must not leave a slot unused, so there is always someone ready; the
+ * few that come early are refused and, first in line by then, come back for the next slot.
+ */
+const LINE_SPACING = 0.9;
+
+/**
+ * A job refused for rate takes its place in the model's waiting line and learns when to come back.
+ *
+ * Without it, every job refused in the same interval came back for the same next slot: one got it,
+ * the others were refused again, so a saturated lane took each job out of Redis and put it back
+ * dozens of times (26 times per job with 64 slots on one lane in bench:quota's draft run). Here the
+ * job of rank r in the line (by queue order: a priority 1 job ranks before every priority 5 one) comes
+ * back about r intervals after the next slot, when its turn comes. The line only spaces the come-backs:
+ * it reserves nothing, so a job that finds its slot taken (a job of higher priority, or a slot lost to
+ * a 429) is refused and asks again, keeping its place. An admitted job leaves the line; an entry also
+ * lapses `grace` ms after its come-back time, so jobs that went elsewhere (spill-over, cancelled,
+ * failed) leave it by themselves.
+ */
+const WAITING_LUA = `
+-- KEYS[1] waiting line (job id → queue order, then arrival)   KEYS[2] lapse times (job id → epoch ms)
+-- KEYS[3] arrival counter   KEYS[4] the refusing lane's state hash (rpm, quotaMax)
+-- ARGV: now, job id, queue order (0 .. 2^21), next slot (epoch ms), interval ms, grace ms,
+--       API keys of the model (lanes serving the line), ceiling rpm (0 = none)
+-- The spacing is the interval of the best rate the lane has known: during a drop (a 429 storm, peak
+-- hours) the line keeps the pace of the earlier quota, so when that comes back the jobs are already
+-- coming back at its pace; meanwhile the ones that come early are refused and keep their place.
+-- Returns the come-back time (epoch ms). Among jobs of one queue order, the one that joined first
+-- ranks first; a job keeps its place until it is admitted (ACQUIRE_LUA takes it out) or its entry lapses.
+local now = tonumber(ARGV[1])
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 500)
+if #lapsed > 0 then
+  redis.call('ZREM', KEYS[1], unpack(lapsed))
+  redis.call('ZREM', KEYS[2], unpack(lapsed))
+end
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  local arrival = redis.call('INCR', KEYS[3]) % 2147483648
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[3]) * 2147483648 + arrival, ARGV[2])
+end
+local rank = redis.call('ZRANK', KEYS[1], ARGV[2])
+local interval = tonumber(ARGV[5])
+local lane = redis.call('HMGET', KEYS[4], 'rpm', 'quotaMax')
+local best = math.max(tonumber(lane[1]) or 0, tonumber(lane[2]) or 0)
+local ceiling = tonumber(ARGV[8])
+if ceiling > 0 and best > ceiling then best = ceiling end
+if best > 0 then interval = math.min(interval, 60000 / best) end
+local at = tonumber(ARGV[4]) + rank * interval / tonumber(ARGV[7]) * ${LINE_SPACING}
+local untilMs = at + tonumber(ARGV[6])
+redis.call('ZADD', KEYS[2], untilMs, ARGV[2])
+local ttl = math.ceil(untilMs - now) + 1000
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+return tostring(at)
 `;
 
 /** Release a lease and feed the outcome back into the lane's rate (AIMD). */
@@ -387,7 +454,7 @@ export type AcquireAnswer =
 /** What the processor does next: call now, go back to Redis until `untilMs`, or give up (no usable key). */
 export type LaneGate =
   | { kind: 'go'; lease: LaneLease; waitedMs: number }
-  | { kind: 'wait'; untilMs: number; waitMs: number; reason: string; rpm: number }
+  | { kind: 'wait'; untilMs: number; waitMs: number; reason: string; rpm: number; why: 'rate' | 'inflight' | 'closed' | 'breaker'; intervalMs: number; lane: string }
   | { kind: 'no-keys'; reason: string };
 
 export type LaneOutcome = 'succeeded' | 'rate_limited' | 'other';
@@ -441,6 +508,7 @@ type LaneRedis = Redis & {
   pmLaneAcquire(...args: (string | number)[]): Promise<[number, number, number, string, string, number, number]>;
   pmLaneSettle(...args: (string | number)[]): Promise<string>;
   pmLaneClose(...args: (string | number)[]): Promise<number>;
+  pmLaneWaiting(...args: (string | number)[]): Promise<string>;
 };
 
 export interface LaneLimiterDeps {
@@ -475,19 +543,21 @@ export class LaneLimiter {
     redis.defineCommand('pmLaneAcquire', { lua: ACQUIRE_LUA });
     redis.defineCommand('pmLaneSettle', { numberOfKeys: 2, lua: SETTLE_LUA });
     redis.defineCommand('pmLaneClose', { lua: CLOSE_LUA });
+    redis.defineCommand('pmLaneWaiting', { numberOfKeys: 4, lua: WAITING_LUA });
   }
 
   /** One admission try, no waiting: a lease, or the lane with the earliest free slot and how long until it. */
-  async tryAcquire(modelId: string, leaseId: string = randomUUID()): Promise<AcquireAnswer> {
+  async tryAcquire(modelId: string, leaseId: string = randomUUID(), owner = ''): Promise<AcquireAnswer> {
     const o = this.options;
     const now = this.now();
     const laneKeys = this.keys.flatMap((k) => [
       this.stateKey(modelId, k.id), this.inflightKey(modelId, k.id), this.disabledKey(k.id), breakerKey(this.queuePrefix, laneId(modelId, k.id)),
     ]);
+    laneKeys.push(this.waitingKey(modelId), `${this.waitingKey(modelId)}:until`);
     const [status, index, waitMs, why, rpm, intervalMs, probe] = await this.redis.pmLaneAcquire(
       laneKeys.length, ...laneKeys,
       now, leaseId, o.leaseTtlMs, o.maxInflight, this.startRpm(modelId), this.ceiling(modelId) ?? 0, o.burst, o.inflightRetryMs, o.stateTtlMs,
-      o.rateWindowMs,
+      o.rateWindowMs, owner,
     );
     if (status === -1) return { kind: 'no-keys' };
     const key = this.keys[index - 1]!;
@@ -507,7 +577,7 @@ export class LaneLimiter {
   async acquire(modelId: string, owner: string): Promise<LaneGate> {
     const started = this.now();
     for (let round = 0; ; round++) {
-      const a = await this.tryAcquire(modelId, `${owner}:${randomUUID().slice(0, 8)}`);
+      const a = await this.tryAcquire(modelId, `${owner}:${randomUUID().slice(0, 8)}`, owner);
       if (a.kind === 'admitted') return { kind: 'go', lease: a.lease, waitedMs: this.now() - started };
       if (a.kind === 'no-keys') {
         return { kind: 'no-keys', reason: `every API key is out of rotation for ${modelId} (refused with 401/403)` };
@@ -519,10 +589,28 @@ export class LaneLimiter {
       }
       const jitter = Math.floor(this.random() * Math.min(a.intervalMs, a.waitMs));
       return {
-        kind: 'wait', untilMs: this.now() + a.waitMs + jitter, waitMs: a.waitMs, rpm: a.rpm,
+        kind: 'wait', untilMs: this.now() + a.waitMs + jitter, waitMs: a.waitMs, rpm: a.rpm, why: a.why, intervalMs: a.intervalMs, lane: a.lane,
         reason: `lane ${modelId} full (${a.why}), next slot in ${a.waitMs} ms`,
       };
     }
+  }
+
+  /**
+   * When a job refused for rate (`gate.why === 'rate'`) should come back: its turn in the model's
+   * waiting line (WAITING_LUA), `order` being its queue order (lower goes first). The spacing is the
+   * interval of the lane's best known rate, divided over the model's API keys (each key's lane serves
+   * the line). Only for rate: a closed lane reopens with its burst, so its waiters all come back at once.
+   */
+  async comeBackAt(modelId: string, jobId: string, order: number, gate: { untilMs: number; intervalMs: number; lane: string }): Promise<number> {
+    const slotAt = gate.untilMs; // the next slot, with acquire()'s jitter of less than an interval
+    const grace = Math.max(2 * gate.intervalMs, this.options.maxHoldMs, 1_000);
+    const key = this.waitingKey(modelId);
+    const at = Number(await this.redis.pmLaneWaiting(
+      key, `${key}:until`, `${key}:seq`, `${this.prefix}:lane:${gate.lane}`,
+      this.now(), jobId, Math.max(0, Math.min(order, 2 ** 21)), Math.round(slotAt), gate.intervalMs, Math.round(grace),
+      this.keys.length, this.ceiling(modelId) ?? 0,
+    ));
+    return Number.isFinite(at) ? Math.round(at) : gate.untilMs;
   }
 
   /**
@@ -635,6 +723,10 @@ export class LaneLimiter {
 
   private inflightKey(modelId: string, apiKeyId: string): string {
     return `${this.stateKey(modelId, apiKeyId)}:inflight`;
+  }
+
+  private waitingKey(modelId: string): string {
+    return `${this.prefix}:waiting:${modelId}`;
   }
 
   private disabledKey(apiKeyId: string): string {

@@ -31,7 +31,7 @@ import { outputKey, tenantMetadata, type ObjectStore } from '../storage/object-s
 import { cooldownJitter } from './backoff.js';
 import { UNLIMITED_BUDGETS, type BudgetGate } from '../budget/budgets.js';
 import { DEGRADED_OUTCOME, decideDegraded, degradedActionFor, describeDegradation, preferUndegraded } from './output-check.js';
-import { withLane, type LaneLease, type LaneLimiter } from '../lanes/limiter.js';
+import { withLane, type LaneGate, type LaneLease, type LaneLimiter } from '../lanes/limiter.js';
 import { decideShare, decideSpill } from '../lanes/spill.js';
 import type { HealthStore } from '../health/health-store.js';
 import type { BacklogReader } from '../queue/backlog.js';
@@ -196,7 +196,8 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
       // Lanes found full in this attempt (model id → when the next slot opens): a standard job spills over
       // to the tier's other model instead of waiting, so both models' quotas serve the backlog.
       // untilMs carries the herd jitter (a job delayed in Redis); slotAt is the slot itself (a fleet-wide pause).
-      const laneFull = new Map<string, { untilMs: number; slotAt: number }>();
+      // gate: the refusal itself, for the waiting line (LaneLimiter.comeBackAt).
+      const laneFull = new Map<string, { untilMs: number; slotAt: number; gate?: Extract<LaneGate, { kind: 'wait' }> }>();
       let spillNote = '';
       // The model tried first for sharing (Pro); its lane being full is no spill-over, just no room to share.
       let sharedFirst: string | undefined;
@@ -306,7 +307,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         if (gate?.kind === 'wait') {
           // Spill-over (standard tier only: draft never pays Pro prices, premium never downgrades for speed),
           // unless the first lane reaches this job sooner than the other model's extra latency (spill.ts).
-          const slot = { untilMs: gate.untilMs, slotAt: now() + gate.waitMs };
+          const slot = { untilMs: gate.untilMs, slotAt: now() + gate.waitMs, gate };
           laneFull.set(candidate.modelId, slot);
           let waitReason = gate.reason;
           const other = req.tier === 'standard' ? ranked.find((c) => !laneFull.has(c.modelId)) : undefined;
@@ -340,10 +341,22 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
             log.debug({ pauseMs, reason: waitReason }, 'every lane full: the fleet pauses taking jobs');
             throw Worker.RateLimitError();
           }
+          // A lane full for rate serves its waiters one per interval: a job bound to one model (draft; premium
+          // without allowDowngrade) comes back at its turn in the model's waiting line, not with every other
+          // refused job at the next slot. A standard job is in no line: its route changes as the lanes do
+          // (spill-over, sharing, a fallback ending with a cooldown), so it looks again at the next slot.
+          let comeBack = nextSlot;
+          const boundToOneModel = req.tier === 'draft' || (req.tier === 'premium' && !req.allowDowngrade);
+          const [waitModel, waitSlot] = [...laneFull].reduce((a, b) => (b[1].untilMs < a[1].untilMs ? b : a));
+          if (deps.lanes && boundToOneModel && waitSlot.gate?.why === 'rate' && waitSlot.gate.intervalMs > 0) {
+            comeBack = await deps.lanes.comeBackAt(waitModel, String(job.id), job.priority, waitSlot.gate).catch(() => nextSlot);
+            if (deadline !== undefined) comeBack = Math.min(comeBack, deadline - 1);
+            if (comeBack > nextSlot) waitReason += `; turn in line in ${Math.round(comeBack - now())} ms`;
+          }
           appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'requeued', 0, now(), waitReason));
           await save();
-          log.debug({ untilMs: nextSlot, full: [...laneFull.keys()], reason: waitReason }, 'lanes full: back to Redis until a slot');
-          await job.moveToDelayed(nextSlot, token);
+          log.debug({ untilMs: comeBack, full: [...laneFull.keys()], reason: waitReason }, 'lanes full: back to Redis until a slot');
+          await job.moveToDelayed(comeBack, token);
           throw new DelayedError();
         }
         const lease = gate?.lease;

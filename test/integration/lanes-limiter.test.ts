@@ -95,6 +95,42 @@ describe('lane limiter: GCRA admission', () => {
   });
 });
 
+describe('lane limiter: the waiting line of a lane full for rate', () => {
+  it('spaces the come-backs by the interval in queue order; a higher priority ranks first; admitted or lapsed jobs leave the line', async () => {
+    const env = freshEnv();
+    const lim = limiterFor(env, { initialRpm: 6, burst: 1, maxHoldMs: 0 }); // a slot every 10 s
+    expect((await lim.acquire(MODEL, 'first')).kind).toBe('go');
+    const refusal = async (owner: string) => {
+      const gate = await lim.acquire(MODEL, owner);
+      if (gate.kind !== 'wait') throw new Error(`expected a wait, got ${gate.kind}`);
+      expect(gate).toMatchObject({ why: 'rate', intervalMs: 10_000, untilMs: env.clock.t + gate.waitMs }); // random() = 0: no jitter
+      return gate;
+    };
+    const slot = env.clock.t + 10_000;
+    const spacing = 9_000; // 0.9 of the interval (LINE_SPACING)
+    // Three priority 5 jobs (queue order 800001..), refused together: their turns are 0, 1 and 2 spacings after the slot.
+    const p5 = [];
+    for (const [owner, order] of [['job-a', 800_001], ['job-b', 800_002], ['job-c', 800_003]] as const) {
+      p5.push(await lim.comeBackAt(MODEL, owner, order, await refusal(owner)));
+    }
+    expect(p5).toEqual([slot, slot + spacing, slot + 2 * spacing]);
+    // A priority 1 job refused later ranks before them all: it comes back for the next slot.
+    expect(await lim.comeBackAt(MODEL, 'job-p1', 1, await refusal('job-p1'))).toBe(slot);
+    // Asking again keeps the job's place (behind job-p1 now).
+    expect(await lim.comeBackAt(MODEL, 'job-c', 800_003, await refusal('job-c'))).toBe(slot + 3 * spacing);
+    // job-p1 is admitted at the slot and leaves the line: a newcomer ranks behind a, b and c only.
+    env.clock.t = slot;
+    expect((await lim.acquire(MODEL, 'job-p1')).kind).toBe('go');
+    const f = await refusal('job-f');
+    expect(await lim.comeBackAt(MODEL, 'job-f', 800_004, f)).toBe(f.untilMs + 3 * spacing);
+    // Once the come-back times and the grace (2 intervals) pass, the entries lapse: a new job is first in line.
+    env.clock.t = f.untilMs + 3 * spacing + 20_001;
+    expect((await lim.acquire(MODEL, 'job-d')).kind).toBe('go'); // the lane was idle meanwhile
+    const late = await refusal('job-e');
+    expect(await lim.comeBackAt(MODEL, 'job-e', 800_009, late)).toBe(late.untilMs);
+  });
+});
+
 describe('lane limiter: AIMD', () => {
   it('raises the rate additively while calls succeed at the limit, cuts it on 429, within ceiling and floor', async () => {
     const env = freshEnv();

@@ -90,7 +90,7 @@ describe('shared model lanes in the pipeline', () => {
     expect(keysUsed).toEqual([BAD, GOOD_1, GOOD_1]);
   });
 
-  it('a worker with a saturated lane moves jobs to delayed instead of holding them (no attempt used)', async () => {
+  it('a worker with a saturated lane moves jobs to delayed instead of holding them (no attempt used), each until its turn in line', async () => {
     // 0.5 rpm, no burst: one call now, the next slot in 120 s — far beyond LANE_MAX_HOLD_MS. No
     // additive step, and a floor below the rate: the success must not raise the rate (which would
     // rescale the booked slots; the default LANE_MIN_RPM of 1 would, when it settles first).
@@ -99,17 +99,21 @@ describe('shared model lanes in the pipeline', () => {
     await waitFor('one job done and three delayed', async () =>
       (await p!.queue.getCompletedCount()) === 1 && (await p!.queue.getDelayedCount()) === 3);
     expect(await p.queue.getActiveCount()).toBe(0);
-    const delayed = await p.queue.getDelayed();
+    const delayed = (await p.queue.getDelayed()).sort((a, b) => a.timestamp + a.delay - (b.timestamp + b.delay));
     expect(delayed.every((j) => ids.includes(String(j.id)))).toBe(true);
-    for (const j of delayed) {
+    const model = p.config.MODEL_FAST[0]!.replace(/\./g, '\\.');
+    delayed.forEach((j, rank) => {
       expect(j.attemptsMade).toBe(0);
       const history = readProgress(j.progress).history;
       expect(history).toHaveLength(1);
-      expect(history[0]).toMatchObject({ outcome: 'requeued', model: p.config.MODEL_FAST[0] });
-      expect(history[0]!.reason).toMatch(new RegExp(`^lane ${p.config.MODEL_FAST[0]!.replace(/\./g, '\\.')} full \\(rate\\), next slot in \\d+ ms$`));
-      // Back in Redis until about the next slot (120 s at 0.5 rpm, plus a little jitter).
-      expect(j.delay).toBeGreaterThan(100_000);
-    }
+      expect(history[0]).toMatchObject({ outcome: 'requeued', model: p!.config.MODEL_FAST[0] });
+      const turn = rank === 0 ? '' : '; turn in line in \\d+ ms';
+      expect(history[0]!.reason).toMatch(new RegExp(`^lane ${model} full \\(rate\\), next slot in \\d+ ms${turn}$`));
+      // Back in Redis until its turn: the next slot (120 s at 0.5 rpm, plus jitter under an interval)
+      // and 0.9 of an interval (LINE_SPACING) per job ahead of it in line, not all three for the same slot.
+      expect(j.delay).toBeGreaterThan(100_000 + rank * 108_000);
+      expect(j.delay).toBeLessThan(240_000 + rank * 108_000);
+    });
   });
 
   it('when every lane of every model is full, the fleet stops taking jobs until the next slot; the jobs wait in the queue where they were', async () => {
