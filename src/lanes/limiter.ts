@@ -454,7 +454,11 @@ export type AcquireAnswer =
 /** What the processor does next: call now, go back to Redis until `untilMs`, or give up (no usable key). */
 export type LaneGate =
   | { kind: 'go'; lease: LaneLease; waitedMs: number }
-  | { kind: 'wait'; untilMs: number; waitMs: number; reason: string; rpm: number; why: 'rate' | 'inflight' | 'closed' | 'breaker'; intervalMs: number; lane: string }
+  | {
+    kind: 'wait'; untilMs: number; waitMs: number; reason: string; rpm: number; why: 'rate' | 'inflight' | 'closed' | 'breaker';
+    /** The next slot itself (untilMs is later by a herd jitter of less than an interval), and the lane's interval. */
+    slotAt: number; intervalMs: number; lane: string;
+  }
   | { kind: 'no-keys'; reason: string };
 
 export type LaneOutcome = 'succeeded' | 'rate_limited' | 'other';
@@ -588,8 +592,9 @@ export class LaneLimiter {
         continue;
       }
       const jitter = Math.floor(this.random() * Math.min(a.intervalMs, a.waitMs));
+      const slotAt = this.now() + a.waitMs;
       return {
-        kind: 'wait', untilMs: this.now() + a.waitMs + jitter, waitMs: a.waitMs, rpm: a.rpm, why: a.why, intervalMs: a.intervalMs, lane: a.lane,
+        kind: 'wait', untilMs: slotAt + jitter, slotAt, waitMs: a.waitMs, rpm: a.rpm, why: a.why, intervalMs: a.intervalMs, lane: a.lane,
         reason: `lane ${modelId} full (${a.why}), next slot in ${a.waitMs} ms`,
       };
     }
@@ -601,8 +606,9 @@ export class LaneLimiter {
    * interval of the lane's best known rate, divided over the model's API keys (each key's lane serves
    * the line). Only for rate: a closed lane reopens with its burst, so its waiters all come back at once.
    */
-  async comeBackAt(modelId: string, jobId: string, order: number, gate: { untilMs: number; intervalMs: number; lane: string }): Promise<number> {
-    const slotAt = gate.untilMs; // the next slot, with acquire()'s jitter of less than an interval
+  async comeBackAt(modelId: string, jobId: string, order: number, gate: { slotAt: number; untilMs: number; intervalMs: number; lane: string }): Promise<number> {
+    // From the slot itself: the line spaces its jobs, a herd jitter on top would leave slots unused.
+    const slotAt = gate.slotAt;
     const grace = Math.max(2 * gate.intervalMs, this.options.maxHoldMs, 1_000);
     const key = this.waitingKey(modelId);
     const at = Number(await this.redis.pmLaneWaiting(

@@ -351,7 +351,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           if (deps.lanes && boundToOneModel && waitSlot.gate?.why === 'rate' && waitSlot.gate.intervalMs > 0) {
             comeBack = await deps.lanes.comeBackAt(waitModel, String(job.id), job.priority, waitSlot.gate).catch(() => nextSlot);
             if (deadline !== undefined) comeBack = Math.min(comeBack, deadline - 1);
-            if (comeBack > nextSlot) waitReason += `; turn in line in ${Math.round(comeBack - now())} ms`;
+            if (comeBack > waitSlot.gate.slotAt) waitReason += `; turn in line in ${Math.round(comeBack - now())} ms`;
           }
           appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'requeued', 0, now(), waitReason));
           await save();

@@ -122,12 +122,12 @@ describe('lane limiter: the waiting line of a lane full for rate', () => {
     env.clock.t = slot;
     expect((await lim.acquire(MODEL, 'job-p1')).kind).toBe('go');
     const f = await refusal('job-f');
-    expect(await lim.comeBackAt(MODEL, 'job-f', 800_004, f)).toBe(f.untilMs + 3 * spacing);
+    expect(await lim.comeBackAt(MODEL, 'job-f', 800_004, f)).toBe(f.slotAt + 3 * spacing);
     // Once the come-back times and the grace (2 intervals) pass, the entries lapse: a new job is first in line.
-    env.clock.t = f.untilMs + 3 * spacing + 20_001;
+    env.clock.t = f.slotAt + 3 * spacing + 20_001;
     expect((await lim.acquire(MODEL, 'job-d')).kind).toBe('go'); // the lane was idle meanwhile
     const late = await refusal('job-e');
-    expect(await lim.comeBackAt(MODEL, 'job-e', 800_009, late)).toBe(late.untilMs);
+    expect(await lim.comeBackAt(MODEL, 'job-e', 800_009, late)).toBe(late.slotAt);
   });
 });
 

@@ -116,6 +116,23 @@ describe('shared model lanes in the pipeline', () => {
     });
   });
 
+  it('a priority 1 job overtakes the priority 5 jobs waiting in a saturated lane\'s line', async () => {
+    // 300 rpm, no burst, nothing held in-process: a slot every 200 ms, every refused job waits in Redis.
+    p = await startPipeline({ env: { LANE_INITIAL_RPM: 300, LANE_BURST: 1, LANE_AIMD_STEP_RPM: 0, LANE_MIN_RPM: 0.1, LANE_MAX_HOLD_MS: 0 } });
+    const order: string[] = [];
+    p.worker!.worker.on('completed', (j) => order.push(String(j.id)));
+    const backlog = await Promise.all(Array.from({ length: 20 }, async (_, i) => (await p!.submit({ ...job(i), prompt: `backlog ${i}`, priority: 5 })).body['id'] as string));
+    await waitFor('the backlog in line', async () => (await p!.queue.getDelayedCount()) >= 15);
+    const doneBefore = order.length;
+    const urgent = (await p.submit({ ...job(99), prompt: 'urgent', priority: 1 })).body['id'] as string;
+    await waitFor('every job done', async () => order.length === 21, 30_000);
+    // It ranks first in line and takes one of the next slots (a job or two whose turn came first may
+    // go before it); at the back of the line it would wait for every job still in line.
+    expect(20 - doneBefore).toBeGreaterThanOrEqual(10);
+    expect(order.indexOf(urgent) - doneBefore, order.join(' ')).toBeLessThanOrEqual(3);
+    expect(backlog.every((id) => order.includes(id))).toBe(true);
+  });
+
   it('when every lane of every model is full, the fleet stops taking jobs until the next slot; the jobs wait in the queue where they were', async () => {
     // Both models capped at 1 rpm with no burst: after one call each, the next slots are ~60 s away.
     p = await startPipeline({ env: { MODEL_FAST_RPM: 1, MODEL_PRO_RPM: 1, LANE_BURST: 1, LANE_AIMD_STEP_RPM: 0 } });
