@@ -1,7 +1,7 @@
 /**
  * `npm run bench:quota [-- --jobs N --concurrency C --q-fast Q1 --q-pro Q2 --minute-ms M --seed S
  *                        --scenarios offpeak,storm,draft --clients pixelmill,pixelmill-warm,seed,seed-until-success,bullmq
- *                        --submit batch|jobs --trace --trace-step MIN --no-record]`
+ *                        --repeat R --submit batch|jobs --trace --trace-step MIN --no-record]`
  *
  * How close pixelmill gets to the quotas' ceiling, and how many calls it wastes on the way, against
  * the Gemini simulator with per-minute quotas (Nano Banana 2: Q1, Pro: Q2 requests per simulated
@@ -90,6 +90,8 @@ interface Options {
   trace: boolean;
   /** Simulated minutes between two --trace lines. */
   traceStep: number;
+  /** Runs per (scenario, client), in rounds; the table and the targets take each client's median run. */
+  repeat: number;
   record: boolean;
 }
 
@@ -120,6 +122,7 @@ function parseOptions(argv: string[]): Options {
       'trace-step': { type: 'string', default: '0.5' },
       submit: { type: 'string', default: 'batch' },
       'no-record': { type: 'boolean', default: false },
+      repeat: { type: 'string', default: '1' },
     },
   });
   const int = (flag: string, raw: string, min: number, max: number): number => {
@@ -150,6 +153,7 @@ function parseOptions(argv: string[]): Options {
     scenarios: scenarios as Scenario[],
     clients: clients as ClientName[],
     trace: values.trace,
+    repeat: int('repeat', values.repeat, 1, 9),
     traceStep: positive('trace-step', values['trace-step']),
     submit: values.submit === 'jobs' ? 'jobs' : values.submit === 'batch' ? 'batch' : (() => { throw new Error(`--submit must be batch or jobs, not "${values.submit}"`); })(),
     record: !values['no-record'],
@@ -248,6 +252,12 @@ interface RunResult {
   note?: string;
 }
 
+let runCount = 0;
+/** A number per run, for its queue prefix and object keys. */
+function nextRunId(): number {
+  return ++runCount;
+}
+
 /** A run that has not finished after this many lower bounds is stopped; what is left counts as lost. */
 const RUN_LIMIT_BOUNDS = 6;
 
@@ -318,7 +328,8 @@ function workerEnv(env: Env, prefix: string): Record<string, string> {
  */
 async function runPixelmill(env: Env, scenario: Scenario, warm = false): Promise<RunResult> {
   const { jobs } = env.opts;
-  const prefix = `quota-${scenario}${warm ? '-warm' : ''}`;
+  // A fresh prefix per run (--repeat): a cold run must not find an earlier run's lanes or jobs.
+  const prefix = `quota-${scenario}${warm ? '-warm' : ''}-${nextRunId()}`;
   // BENCH_WORKER_ENV="K=V,K=V": extra worker settings to try (tuning); the run's header does not show them.
   const extra = Object.fromEntries((process.env['BENCH_WORKER_ENV'] ?? '').split(',').filter((kv) => kv.includes('=')).map((kv) => kv.split('=', 2) as [string, string]));
   const vars = { ...workerEnv(env, prefix), ...(process.env['BENCH_WORKER_LOG'] ? { LOG_LEVEL: 'debug' } : {}), ...extra };
@@ -582,7 +593,7 @@ async function runSeed(env: Env, scenario: Scenario, untilSuccess: boolean): Pro
   const { jobs, concurrency } = env.opts;
   const b = newBaselineClient(env);
   const name = untilSuccess ? 'seed loop, retried until success' : 'seed loop, as written (gives up)';
-  const tag = `seed-${untilSuccess ? 'retry' : 'once'}-${scenario}`;
+  const tag = `seed-${untilSuccess ? 'retry' : 'once'}-${scenario}-${nextRunId()}`;
   const fastOnly = tierOf(scenario) === 'draft';
   try {
     await resetSimulator(env);
@@ -634,7 +645,7 @@ async function runSeed(env: Env, scenario: Scenario, untilSuccess: boolean): Pro
 async function runBullmq(env: Env, scenario: Scenario): Promise<RunResult> {
   const { jobs, concurrency } = env.opts;
   const b = newBaselineClient(env);
-  const prefix = `quota-bullmq-${scenario}`;
+  const prefix = `quota-bullmq-${scenario}-${nextRunId()}`;
   const config = configFrom(workerEnv(env, prefix));
   const producerConnection = createRedis(config, 'worker');
   const workerConnection = createRedis(config, 'worker');
@@ -710,9 +721,27 @@ async function runBullmq(env: Env, scenario: Scenario): Promise<RunResult> {
 // ---------------------------------------------------------------------------------------------
 // Report
 
-function report(env: Env, runs: RunResult[]): string {
+/**
+ * One run per (scenario, client): the run of median makespan (the lower middle one of an even count),
+ * with every run's makespan and 429s per image beside it.
+ */
+function medianRuns(runs: RunResult[]): (RunResult & { all: RunResult[] })[] {
+  const groups = new Map<string, RunResult[]>();
+  for (const r of runs) {
+    const key = `${r.scenario}\u0000${r.name}`;
+    groups.set(key, [...(groups.get(key) ?? []), r]);
+  }
+  return [...groups.values()].map((all) => {
+    const sorted = [...all].sort((a, b) => a.makespanMs - b.makespanMs);
+    return { ...sorted[Math.floor((sorted.length - 1) / 2)]!, all: sorted };
+  });
+}
+
+function report(env: Env, allRuns: RunResult[]): string {
   const { opts } = env;
   const minutes = (ms: number) => ms / opts.minuteMs;
+  const runs = medianRuns(allRuns);
+  const repeated = opts.repeat > 1;
   const rows = runs.map((r) => {
     const bound = lowerBoundMin(opts, r.scenario);
     return [
@@ -723,12 +752,14 @@ function report(env: Env, runs: RunResult[]): string {
       r.succeeded > 0 ? `$${fmt(r.costUsd / r.succeeded, 4)}` : 'n/a',
       r.succeeded > 0 ? `${fmt((100 * r.proImages) / r.succeeded, 0)} %` : 'n/a',
       fmt(minutes(quantile(r.latenciesMs, 0.5) ?? NaN) * 60, 0), fmt(minutes(quantile(r.latenciesMs, 0.99) ?? NaN) * 60, 0),
+      ...(repeated ? [r.all.map((x) => `${fmt(x.makespanMs / 1000, 1)} s ${fmt(x.succeeded > 0 ? (100 * x.rateLimited) / x.succeeded : undefined, 1)} %`).join(', ')] : []),
     ];
   });
   const table = markdownTable(
-    ['scenario', 'client', 'makespan s', 'sim min', '÷ bound', 'ok', 'lost', '429s', '429/ok', 'calls/ok', '$/image', 'by Pro', 'p50 sim s', 'p99 sim s'],
+    ['scenario', 'client', 'makespan s', 'sim min', '÷ bound', 'ok', 'lost', '429s', '429/ok', 'calls/ok', '$/image', 'by Pro', 'p50 sim s', 'p99 sim s',
+      ...(repeated ? ['every run: makespan, 429s per image'] : [])],
     rows,
-    [false, false, true, true, true, true, true, true, true, true, true, true, true, true],
+    [false, false, true, true, true, true, true, true, true, true, true, true, true, true, ...(repeated ? [false] : [])],
   );
 
   const targets: string[][] = [];
@@ -760,6 +791,7 @@ function report(env: Env, runs: RunResult[]): string {
     `workload: ${opts.jobs} 1K 1:1 jobs per run (standard tier; draft in the draft scenario), concurrency ${opts.concurrency}; quotas Nano Banana 2 ${opts.qFast}/min, Pro ${opts.qPro}/min; `
       + `1 simulated minute = ${opts.minuteMs} ms (timeScale ${fmt(env.timeScale, 4)}), seed ${opts.seed}; `
       + `storm: Nano Banana 2 at ${STORM_QUOTA_FACTOR * 100} % quota and 2× latency from sim minute ${STORM_FROM_MIN} to ${STORM_TO_MIN}`,
+    ...(opts.repeat > 1 ? [`${opts.repeat} runs per scenario and client, in rounds (each round starts one client later); the table shows each client's median run (by makespan) and the targets are judged on it`] : []),
     `pixelmill's time constants on the scaled clock: ${Object.entries(scaledKnobs(env.timeScale)).map(([k, v]) => `${k}=${v}`).join(', ')}`,
     `lower bound N/(Q1+Q2) (N/Q1 for drafts), in the storm integrated over the lower rate: ${bounds.join('; ')}`,
     `429s and calls from the simulator's /_sim/stats; $/image = all calls' cost ÷ images; latency = job created → finished, in simulated seconds; a run is stopped after ${RUN_LIMIT_BOUNDS}× its bound (unfinished jobs count as lost)`,
@@ -803,15 +835,20 @@ async function main(): Promise<void> {
     ['seed-until-success', 'seed loop, until success', (s) => runSeed(env, s, true)],
     ['bullmq', 'BullMQ attempts + backoff', (s) => runBullmq(env, s)],
   ];
+  const chosen = steps.filter(([name]) => opts.clients.includes(name));
   for (const scenario of opts.scenarios) {
-    for (const [, label, run] of steps.filter(([name]) => opts.clients.includes(name))) {
-      say(`${scenario}: ${label}...`);
-      const r = await Promise.race([run(scenario), sim.died, s3.died, timeout(runLimitMs(env, scenario) + 120_000, `${scenario} ${label}`)]);
-      say(`    ${fmt(r.makespanMs / 1000, 1)} s, ${r.succeeded} ok, ${r.lost} lost, ${r.rateLimited} 429s`);
-      runs.push(r);
-      if (opts.trace) {
-        const q = (p: number) => fmt((quantile(r.latenciesMs, p) ?? NaN) / opts.minuteMs, 2);
-        say(`    finished by (sim min): 50 % ${q(0.5)}, 90 % ${q(0.9)}, 98 % ${q(0.98)}, 99 % ${q(0.99)}, 99.5 % ${q(0.995)}, all ${q(1)}`);
+    // --repeat: rounds of every client, each round starting one client later, so that a drift of the
+    // machine over a scenario's runs does not always fall on the same client.
+    for (let round = 0; round < opts.repeat; round++) {
+      for (const [, label, run] of chosen.map((_, i) => chosen[(i + round) % chosen.length]!)) {
+        say(`${scenario}: ${label}${opts.repeat > 1 ? ` (run ${round + 1} of ${opts.repeat})` : ''}...`);
+        const r = await Promise.race([run(scenario), sim.died, s3.died, timeout(runLimitMs(env, scenario) + 120_000, `${scenario} ${label}`)]);
+        say(`    ${fmt(r.makespanMs / 1000, 1)} s, ${r.succeeded} ok, ${r.lost} lost, ${r.rateLimited} 429s`);
+        runs.push(r);
+        if (opts.trace) {
+          const q = (p: number) => fmt((quantile(r.latenciesMs, p) ?? NaN) / opts.minuteMs, 2);
+          say(`    finished by (sim min): 50 % ${q(0.5)}, 90 % ${q(0.9)}, 98 % ${q(0.98)}, 99 % ${q(0.99)}, 99.5 % ${q(0.995)}, all ${q(1)}`);
+        }
       }
     }
   }
