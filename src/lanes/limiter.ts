@@ -451,6 +451,9 @@ export type AcquireAnswer =
   | { kind: 'refused'; lane: string; waitMs: number; why: 'rate' | 'inflight' | 'closed' | 'breaker'; rpm: number; intervalMs: number }
   | { kind: 'no-keys' };
 
+/** A refusal the processor acts on: when to look again, and why. */
+export type LaneWait = Extract<LaneGate, { kind: 'wait' }>;
+
 /** What the processor does next: call now, go back to Redis until `untilMs`, or give up (no usable key). */
 export type LaneGate =
   | { kind: 'go'; lease: LaneLease; waitedMs: number }
@@ -606,7 +609,7 @@ export class LaneLimiter {
    * interval of the lane's best known rate, divided over the model's API keys (each key's lane serves
    * the line). Only for rate: a closed lane reopens with its burst, so its waiters all come back at once.
    */
-  async comeBackAt(modelId: string, jobId: string, order: number, gate: { slotAt: number; untilMs: number; intervalMs: number; lane: string }): Promise<number> {
+  async comeBackAt(modelId: string, jobId: string, order: number, gate: Pick<LaneWait, 'slotAt' | 'untilMs' | 'intervalMs' | 'lane'>): Promise<number> {
     // From the slot itself: the line spaces its jobs, a herd jitter on top would leave slots unused.
     const slotAt = gate.slotAt;
     const grace = Math.max(2 * gate.intervalMs, this.options.maxHoldMs, 1_000);

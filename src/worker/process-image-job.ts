@@ -31,7 +31,7 @@ import { outputKey, tenantMetadata, type ObjectStore } from '../storage/object-s
 import { cooldownJitter } from './backoff.js';
 import { UNLIMITED_BUDGETS, type BudgetGate } from '../budget/budgets.js';
 import { DEGRADED_OUTCOME, decideDegraded, degradedActionFor, describeDegradation, preferUndegraded } from './output-check.js';
-import { withLane, type LaneGate, type LaneLease, type LaneLimiter } from '../lanes/limiter.js';
+import { withLane, type LaneLease, type LaneLimiter, type LaneWait } from '../lanes/limiter.js';
 import { decideShare, decideSpill } from '../lanes/spill.js';
 import type { HealthStore } from '../health/health-store.js';
 import type { BacklogReader } from '../queue/backlog.js';
@@ -193,11 +193,10 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         return e.retryable ? retryLater(e) : fail(e);
       }
 
-      // Lanes found full in this attempt (model id → when the next slot opens): a standard job spills over
-      // to the tier's other model instead of waiting, so both models' quotas serve the backlog.
+      // Lanes found full in this attempt (model id → the lane's refusal): a standard job spills over to the
+      // tier's other model instead of waiting, so both models' quotas serve the backlog. A refusal's
       // untilMs carries the herd jitter (a job delayed in Redis); slotAt is the slot itself (a fleet-wide pause).
-      // gate: the refusal itself, for the waiting line (LaneLimiter.comeBackAt).
-      const laneFull = new Map<string, { untilMs: number; slotAt: number; gate?: Extract<LaneGate, { kind: 'wait' }> }>();
+      const laneFull = new Map<string, LaneWait>();
       let spillNote = '';
       // The model tried first for sharing (Pro); its lane being full is no spill-over, just no room to share.
       let sharedFirst: string | undefined;
@@ -307,8 +306,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
         if (gate?.kind === 'wait') {
           // Spill-over (standard tier only: draft never pays Pro prices, premium never downgrades for speed),
           // unless the first lane reaches this job sooner than the other model's extra latency (spill.ts).
-          const slot = { untilMs: gate.untilMs, slotAt: now() + gate.waitMs, gate };
-          laneFull.set(candidate.modelId, slot);
+          laneFull.set(candidate.modelId, gate);
           let waitReason = gate.reason;
           const other = req.tier === 'standard' ? ranked.find((c) => !laneFull.has(c.modelId)) : undefined;
           if (other) {
@@ -322,7 +320,7 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
             }
             // Waiting for the first model is quicker: keep its slot time only.
             laneFull.clear();
-            laneFull.set(candidate.modelId, slot);
+            laneFull.set(candidate.modelId, gate);
             waitReason += `; not spilled: ${spill.note}`;
           }
           const nextSlot = Math.min(...[...laneFull.values()].map((f) => f.untilMs));
@@ -348,10 +346,10 @@ export function createImageJobProcessor(deps: ImageJobDeps) {
           let comeBack = nextSlot;
           const boundToOneModel = req.tier === 'draft' || (req.tier === 'premium' && !req.allowDowngrade);
           const [waitModel, waitSlot] = [...laneFull].reduce((a, b) => (b[1].untilMs < a[1].untilMs ? b : a));
-          if (deps.lanes && boundToOneModel && waitSlot.gate?.why === 'rate' && waitSlot.gate.intervalMs > 0) {
-            comeBack = await deps.lanes.comeBackAt(waitModel, String(job.id), job.priority, waitSlot.gate).catch(() => nextSlot);
+          if (deps.lanes && boundToOneModel && waitSlot.why === 'rate' && waitSlot.intervalMs > 0) {
+            comeBack = await deps.lanes.comeBackAt(waitModel, String(job.id), job.priority, waitSlot).catch(() => nextSlot);
             if (deadline !== undefined) comeBack = Math.min(comeBack, deadline - 1);
-            if (comeBack > waitSlot.gate.slotAt) waitReason += `; turn in line in ${Math.round(comeBack - now())} ms`;
+            if (comeBack > waitSlot.slotAt) waitReason += `; turn in line in ${Math.round(comeBack - now())} ms`;
           }
           appendHistory(progress, entry(attempt, candidate.modelId, candidate.family, 'requeued', 0, now(), waitReason));
           await save();

@@ -3,20 +3,11 @@
  * the real API after real jobs ran on the worker, simulator, redis-server and s3rver; and who may
  * scrape them.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { request } from 'undici';
-import { startPipeline, type Pipeline } from '../support/pipeline.js';
+import { pipelinesClosedAfterEach, type Pipeline } from '../support/pipeline.js';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function pipeline(opts: Parameters<typeof startPipeline>[0] = {}): Promise<Pipeline> {
-  const p = await startPipeline(opts);
-  cleanups.push(() => p.close());
-  return p;
-}
+const pipeline = pipelinesClosedAfterEach();
 
 async function scrape(p: Pipeline, authorization?: string): Promise<{ status: number; contentType: string; text: string }> {
   const res = await request(`${p.api.url}/metrics`, authorization ? { headers: { authorization } } : {});

@@ -3,23 +3,14 @@
  * allowBudgetDowngrade, TENANT_DAILY_BUDGET_USD, GET /v1/spend) through the real API, worker,
  * simulator, redis-server and s3rver (issue 4 §3–4).
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { batchKeys } from '../../src/batches/record.js';
 import { listPricePerImage } from '../../src/models/pricing.js';
-import { startPipeline, type Pipeline } from '../support/pipeline.js';
+import { pipelinesClosedAfterEach, type Pipeline } from '../support/pipeline.js';
 import { waitFor } from '../support/stack.js';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function pipeline(opts: Parameters<typeof startPipeline>[0] = {}): Promise<Pipeline> {
-  const p = await startPipeline(opts);
-  cleanups.push(() => p.close());
-  return p;
-}
+const pipeline = pipelinesClosedAfterEach();
 
 async function http(p: Pipeline, method: 'GET' | 'POST', path: string, json?: unknown): Promise<{ status: number; body: any }> {
   const res = await request(`${p.api.url}${path}`, {

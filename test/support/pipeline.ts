@@ -7,6 +7,7 @@ import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { request } from 'undici';
+import { afterEach } from 'vitest';
 import type { Config } from '../../src/config/env.js';
 import { startApiServer, type RunningApi } from '../../src/api/server.js';
 import { silentLogger } from '../../src/logging/logger.js';
@@ -87,4 +88,20 @@ export async function outputObjects(config: Config, jobId: string): Promise<stri
   } finally {
     s3.destroy();
   }
+}
+
+/**
+ * startPipeline for a test file: every pipeline started through the returned function is closed after
+ * its test, newest first. Call it once at the top of the file.
+ */
+export function pipelinesClosedAfterEach(): (opts?: Parameters<typeof startPipeline>[0]) => Promise<Pipeline> {
+  const started: Pipeline[] = [];
+  afterEach(async () => {
+    for (const p of started.splice(0).reverse()) await p.close();
+  });
+  return async (opts = {}) => {
+    const p = await startPipeline(opts);
+    started.push(p);
+    return p;
+  };
 }
